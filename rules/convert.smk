@@ -1,0 +1,36 @@
+# The full-precision reference (F16/BF16) every quant of a model is made from, then the check
+# that its tokenizer gives the same ids as the source's before anything is built on it.
+
+
+rule convert:
+    input:
+        stamp=STAMP,
+        manifest="results/{model}/source/source.json",
+    output:
+        gguf="results/{model}/reference/{model}-{reftype}.gguf",
+        sha="results/{model}/reference/{model}-{reftype}.gguf.sha256",
+        record="results/{model}/reference/{model}-{reftype}.convert.json",
+    log:
+        "results/logs/convert/{model}-{reftype}.log",
+    benchmark:
+        "results/benchmarks/convert/{model}-{reftype}.tsv"
+    shell:
+        "{PYTHON} -m workflow_scripts.convert --stamp {input.stamp} --source-manifest {input.manifest}"
+        " --outtype {wildcards.reftype} --out {output.gguf} --record {output.record} --log {log}"
+
+
+rule tokenizer_parity:
+    input:
+        unpack(reference_inputs),
+        stamp=STAMP,
+        manifest="results/{model}/source/source.json",
+        text="results/{model}/imatrix/calibration.txt",
+    output:
+        report="results/{model}/checks/tokenizer_parity.json",
+    log:
+        "results/logs/tokenizer_parity/{model}.log",
+    benchmark:
+        "results/benchmarks/tokenizer_parity/{model}.tsv"
+    shell:
+        "{PYTHON} -m workflow_scripts.tokenizer_parity --gguf {input.gguf} --source-manifest {input.manifest}"
+        " --text {input.text} --stamp {input.stamp} --out {output.report} > {log} 2>&1"

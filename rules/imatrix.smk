@@ -1,0 +1,39 @@
+# One importance matrix per model, reused by all its quants. The calibration text is copied to a
+# stable relative path first: llama.cpp writes that path into the imatrix and every quant.
+
+
+rule calibration_text:
+    input:
+        calibration_source,
+    output:
+        "results/{model}/imatrix/calibration.txt",
+    log:
+        "results/logs/calibration_text/{model}.log",
+    benchmark:
+        "results/benchmarks/calibration_text/{model}.tsv"
+    shell:
+        "{PYTHON} -m workflow_scripts.calibration {input} {output} > {log} 2>&1"
+
+
+rule imatrix:
+    input:
+        unpack(reference_inputs),
+        stamp=STAMP,
+        text="results/{model}/imatrix/calibration.txt",
+        parity="results/{model}/checks/tokenizer_parity.json",
+    output:
+        imatrix="results/{model}/imatrix/{model}.imatrix.gguf",
+        sha="results/{model}/imatrix/{model}.imatrix.gguf.sha256",
+    log:
+        "results/logs/imatrix/{model}.log",
+    benchmark:
+        "results/benchmarks/imatrix/{model}.tsv"
+    params:
+        calibration=imatrix_params,
+        verify=verify_flags,
+    threads: 8
+    shell:
+        "{PYTHON} -m workflow_scripts.tool_step --stamp {input.stamp} --output {output.imatrix}"
+        " --log {log} {params.verify} --"
+        " llama-imatrix -m {input.gguf} -f {input.text} -o {{out}} --output-format gguf"
+        " {params.calibration} -t {threads} --no-ppl"

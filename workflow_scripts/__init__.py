@@ -1,0 +1,1 @@
+"""gguf-forge: the logic behind the Snakemake rules, importable and unit-tested."""

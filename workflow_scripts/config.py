@@ -1,0 +1,190 @@
+"""Check the configuration and turn it into a plan: what to build for each model.
+
+The JSON Schema (config/schema/config.schema.yaml) checks shapes and fills defaults; this module
+adds what a schema cannot say (files exist, names are unique, quant types that need an importance
+matrix get one) and words every error for the user: file, field, what was expected. It runs once
+when the workflow is parsed, so a bad config fails before any job starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from workflow_scripts.errors import UserError
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "config" / "schema" / "config.schema.yaml"
+
+# llama.cpp refuses these without an importance matrix (src/llama-quant.cpp,
+# tensor_requires_imatrix): their main tensors become IQ1/IQ2/IQ3_XXS types, or Q2_K in Q2_K_S.
+IMATRIX_REQUIRED_QUANTS = frozenset(
+    {"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "IQ3_XS", "Q2_K_S"}
+)
+IMATRIX_REQUIRED_TENSOR_TYPES = frozenset({"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS"})
+
+CALIBRATION_KEYS = ("text", "chunks", "ctx")
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """Everything the rules need to know about one model, computed once."""
+
+    name: str
+    source: dict[str, Any]
+    quants: tuple[str, ...]
+    calibration: dict[str, Any]
+    imatrix: bool
+    quantize_args: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    recipe_args: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The checked configuration: global settings plus one ModelPlan per model name."""
+
+    toolchain: dict[str, Any]
+    reference_type: str
+    verify_inputs: bool
+    models: dict[str, ModelPlan]
+
+
+def load_schema(path: Path = SCHEMA_PATH) -> dict:
+    with open(path) as handle:
+        return yaml.safe_load(handle)
+
+
+def field_path(parts) -> str:
+    """``['models', 0, 'source', 'type']`` → ``models[0].source.type``."""
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
+def schema_error_message(config: dict, schema: dict, source_name: str) -> str | None:
+    """The most relevant schema violation, worded as 'file: field: problem', or None."""
+    validator = jsonschema.Draft202012Validator(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(config))
+    if error is None:
+        return None
+    # Descend into the most specific sub-error of if/then, oneOf, allOf combinators.
+    while error.context:
+        error = jsonschema.exceptions.best_match(error.context)
+    where = field_path(error.absolute_path)
+    if error.validator == "additionalProperties":
+        known = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(known))
+        return f"{source_name}: {where}: unknown key(s) {', '.join(map(repr, extra))}; expected one of {', '.join(known)}"
+    if error.validator == "enum":
+        allowed = ", ".join(map(str, error.validator_value))
+        return f"{source_name}: {where}: {error.instance!r} is not allowed; expected one of {allowed}"
+    described = error.schema.get("description")
+    if error.validator == "not":
+        return f"{source_name}: {where}: {described or 'these keys cannot be combined'} (got keys {', '.join(sorted(error.instance))})"
+    hint = f" ({described})" if described and error.validator in ("pattern", "type", "required") else ""
+    return f"{source_name}: {where}: {error.message}{hint}"
+
+
+def fill_defaults(config: dict, schema_path: Path = SCHEMA_PATH) -> None:
+    """Fill schema defaults in place (Snakemake's own validate with set_default=True)."""
+    from snakemake.utils import validate
+
+    validate(config, str(schema_path), set_default=True)
+
+
+def _check_file(path_text: str, where: str, source_name: str, base: Path, kind: str = "file") -> Path:
+    path = Path(path_text)
+    full = path if path.is_absolute() else base / path
+    ok = full.is_dir() if kind == "directory" else full.is_file()
+    if not ok:
+        raise UserError(f"{source_name}: {where}: {kind} {path_text!r} does not exist (looked in {full})")
+    return path
+
+
+def _calibration(global_cal: dict, model_cal: dict | None) -> dict:
+    return {key: (model_cal or {}).get(key, global_cal[key]) for key in CALIBRATION_KEYS}
+
+
+def quantize_args(options: dict[str, Any], include_extra: bool = True) -> tuple[str, ...]:
+    """llama-quantize options for one quant type's settings, in a stable order.
+
+    Without ``include_extra`` only the recipe (type overrides) is returned: what the census checks.
+    """
+    args: list[str] = []
+    for pattern, ttype in sorted(options.get("tensor_types", {}).items()):
+        args += ["--tensor-type", f"{pattern}={ttype}"]
+    if options.get("output_tensor_type"):
+        args += ["--output-tensor-type", options["output_tensor_type"]]
+    if options.get("token_embedding_type"):
+        args += ["--token-embedding-type", options["token_embedding_type"]]
+    return tuple(args + (list(options.get("extra_args", [])) if include_extra else []))
+
+
+def _check_model(index: int, model: dict, config: dict, source_name: str, base: Path) -> ModelPlan:
+    where = f"models[{index}]"
+    name = model["name"]
+    if ".." in name:
+        raise UserError(f"{source_name}: {where}.name: {name!r} may not contain '..'; expected a plain name")
+    source = dict(model["source"])
+    if source["type"] == "local":
+        _check_file(source["path"], f"{where}.source.path", source_name, base, "directory")
+    elif source["type"] == "gguf" and "path" in source:
+        _check_file(source["path"], f"{where}.source.path", source_name, base)
+    elif source["type"] == "gguf":
+        from workflow_scripts.sources import resolve_gguf_path
+
+        try:
+            resolve_gguf_path(source)
+        except UserError as err:
+            raise UserError(f"{source_name}: {where}.source: {err}") from None
+    calibration = _calibration(config["calibration"], model.get("calibration"))
+    cal_field = f"{where}.calibration.text" if "text" in model.get("calibration", {}) else "calibration.text"
+    _check_file(calibration["text"], cal_field, source_name, base)
+    imatrix = model.get("imatrix", config["imatrix"])
+    quants = tuple(model.get("quants", config["quants"]))
+    args, recipes = {}, {}
+    for quant in quants:
+        options = config["quant_options"].get(quant, {})
+        wanted = {quant} | set(options.get("tensor_types", {}).values())
+        needs = sorted((wanted & IMATRIX_REQUIRED_QUANTS) | (wanted & IMATRIX_REQUIRED_TENSOR_TYPES))
+        if needs and not imatrix:
+            switch = f"{where}.imatrix" if "imatrix" in model else "imatrix"
+            raise UserError(
+                f"{source_name}: {where}: quant {quant} needs an importance matrix ({', '.join(needs)} "
+                f"cannot be made without one) but {switch} is false; set it to true or drop {quant}"
+            )
+        args[quant] = quantize_args(options)
+        recipes[quant] = quantize_args(options, include_extra=False)
+    return ModelPlan(name=name, source=source, quants=quants, calibration=calibration,
+                     imatrix=imatrix, quantize_args=args, recipe_args=recipes)
+
+
+def build_plan(config: dict, source_name: str = "config", base: Path | str = ".") -> Plan:
+    """Validate ``config`` (in place: defaults are filled) and return the Plan, or raise UserError."""
+    schema = load_schema()
+    if not isinstance(config, dict):
+        raise UserError(f"{source_name}: expected a mapping of settings at the top level, got {type(config).__name__}")
+    message = schema_error_message(config, schema, source_name)
+    if message:
+        raise UserError(message)
+    fill_defaults(config)
+    base = Path(base)
+    seen: dict[str, int] = {}
+    models = {}
+    for index, model in enumerate(config["models"]):
+        if model["name"] in seen:
+            raise UserError(
+                f"{source_name}: models[{index}].name: {model['name']!r} is already used by "
+                f"models[{seen[model['name']]}]; expected unique model names"
+            )
+        seen[model["name"]] = index
+        models[model["name"]] = _check_model(index, model, config, source_name, base)
+    toolchain = config["toolchain"]
+    if toolchain.get("build_dir"):
+        _check_file(toolchain["build_dir"], "toolchain.build_dir", source_name, base, "directory")
+    return Plan(toolchain=toolchain, reference_type=config["reference_type"],
+                verify_inputs=config["verify_inputs"], models=models)

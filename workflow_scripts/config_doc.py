@@ -1,0 +1,79 @@
+"""Render the config schema as docs/config.md, so the reference can never drift from the schema.
+
+``python -m workflow_scripts.config_doc > docs/config.md``; a test fails when the file is stale.
+"""
+
+from __future__ import annotations
+
+import json
+
+from workflow_scripts.config import load_schema
+
+HEADER = """# Configuration reference
+
+Generated from `config/schema/config.schema.yaml` by `python -m workflow_scripts.config_doc`;
+do not edit by hand. Keys not given take the default shown. `config/config.yaml` is the
+commented default; `--configfile` overrides it key by key.
+
+| key | type | default | description |
+|---|---|---|---|
+"""
+
+
+def _resolve(node: dict, defs: dict) -> dict:
+    ref = node.get("$ref")
+    if ref:
+        target = defs[ref.split("/")[-1]]
+        return {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+    return node
+
+
+def _type(node: dict) -> str:
+    if "enum" in node:
+        return "one of " + ", ".join(f"`{v}`" for v in node["enum"])
+    kind = node.get("type", "")
+    if kind == "array" and "items" in node:
+        inner = node["items"]
+        if "$ref" in inner:
+            return "list of quant types" if inner["$ref"].endswith("quant_type") else "list"
+        return "list of " + (_type(inner) if "enum" not in inner else "quant types")
+    return " or ".join(kind) if isinstance(kind, list) else str(kind)
+
+
+def _rows(node: dict, prefix: str, defs: dict):
+    node = _resolve(node, defs)
+    for name, child in node.get("properties", {}).items():
+        child = _resolve(child, defs)
+        key = f"{prefix}.{name}" if prefix else name
+        if "const" in child:
+            continue
+        default = f"`{json.dumps(child['default'])}`" if "default" in child else ""
+        description = " ".join(str(child.get("description", "")).split()).replace("|", "\\|")
+        kind = _type(child) if "enum" not in child or len(child["enum"]) < 12 else "quant type (see below)"
+        yield f"| `{key}` | {kind} | {default} | {description} |"
+        yield from _rows(child, key, defs)
+        if child.get("type") == "array" and isinstance(child.get("items"), dict):
+            yield from _rows(child["items"], f"{key}[]", defs)
+        for branch in child.get("allOf", []):
+            yield from _rows(branch.get("then", {}), key, defs)
+        extra = child.get("additionalProperties")
+        if isinstance(extra, dict) and ("$ref" in extra or "properties" in extra):
+            yield from _rows(extra, f"{key}.<{'quant' if name == 'quant_options' else 'name'}>", defs)
+
+
+def render() -> str:
+    schema = load_schema()
+    defs = schema.get("$defs", {})
+    rows, seen = [], set()
+    for row in _rows(schema, "", defs):
+        if row not in seen:
+            seen.add(row)
+            rows.append(row)
+    quant_types = ", ".join(f"`{q}`" for q in defs["quant_type"]["enum"])
+    tensor_types = ", ".join(f"`{t}`" for t in defs["tensor_type"]["enum"])
+    return (HEADER + "\n".join(rows) + "\n\n**Quant types**: " + quant_types
+            + ".\n\n**Tensor types** (overrides): " + tensor_types + ".\n")
+
+
+if __name__ == "__main__":
+    print(render(), end="")

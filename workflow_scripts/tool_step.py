@@ -1,0 +1,81 @@
+"""Run one pinned llama.cpp tool as a workflow step: verify inputs, write atomically, checksum.
+
+Every heavy step has the same shape: the GGUFs it reads must match their ``.sha256`` sidecars,
+the tool writes under a temporary name (``{out}`` in its arguments), and only a run that exited 0
+is renamed to the final name and given its own sidecar. A failing tool leaves no output and its
+last log lines become the job's error message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from workflow_scripts.atomic import partial_path
+from workflow_scripts.checksums import verify, write_sidecar
+from workflow_scripts.errors import UserError, run_cli
+
+TAIL_LINES = 15
+
+
+def tool_path(stamp: Path | str, tool: str) -> Path:
+    """Absolute path of ``tool`` in the build the stamp describes."""
+    info = json.loads(Path(stamp).read_text())
+    return Path(info["bin_dir"]) / tool
+
+
+def log_tail(log: Path, lines: int = TAIL_LINES) -> str:
+    text = log.read_text(errors="replace").splitlines() if log.exists() else []
+    return "\n".join("    " + line for line in text[-lines:])
+
+
+def run_tool(stamp: Path, tool: str, args: list[str], output: Path, log: Path,
+             verify_paths: list[Path]) -> float:
+    """Run ``tool`` with ``{out}`` bound to a temporary name; return its wall time in seconds."""
+    for path in verify_paths:
+        verify(path)
+    tmp = partial_path(output)
+    tmp.unlink(missing_ok=True)
+    cmd = [str(tool_path(stamp, tool))] + [a.replace("{out}", str(tmp)) for a in args]
+    log.parent.mkdir(parents=True, exist_ok=True)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with open(log, "a") as handle:
+        handle.write("+ " + " ".join(cmd) + "\n")
+        handle.flush()
+        proc = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT)
+    elapsed = time.monotonic() - started
+    if proc.returncode != 0 or not tmp.exists():
+        tmp.unlink(missing_ok=True)
+        why = f"exited with status {proc.returncode}" if proc.returncode else "wrote no output"
+        raise UserError(f"{tool} {why} while making {output}; last lines of {log}:\n{log_tail(log)}")
+    os.replace(tmp, output)
+    write_sidecar(output)
+    return elapsed
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--" not in argv:
+        raise UserError("tool_step: expected '-- TOOL ARGS...' after the options")
+    split = argv.index("--")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stamp", type=Path, required=True)
+    parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("--log", type=Path, required=True)
+    parser.add_argument("--verify", type=Path, action="append", default=[],
+                        help="input whose .sha256 sidecar must match before the tool runs")
+    ns = parser.parse_args(argv[:split])
+    tool, *args = argv[split + 1:]
+    elapsed = run_tool(ns.stamp, tool, args, ns.output, ns.log, ns.verify)
+    with open(ns.log, "a") as handle:
+        handle.write(f"{tool} finished in {elapsed:.1f} s -> {ns.output}\n")
+
+
+if __name__ == "__main__":
+    run_cli(main)

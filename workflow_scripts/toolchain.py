@@ -1,0 +1,239 @@
+"""Build, cache and describe the one pinned llama.cpp every stage runs.
+
+The source is the llama.cpp tree vendored in the ``llama-cpp-python`` sdist of the pinned
+version, so the command-line tools and the Python binding come from the same code. Builds live
+outside the checkout, under a key made of version, backend and CMake flags, so a second
+checkout (or CI on the same machine) reuses them. A build is complete only when its
+``build-info.json`` exists; an interrupted build is resumed by CMake, never trusted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+from workflow_scripts.atomic import atomic_write_text
+from workflow_scripts.checksums import sha256_file
+from workflow_scripts.errors import UserError, run_cli
+
+TOOLS = (
+    "llama-quantize",
+    "llama-imatrix",
+    "llama-perplexity",
+    "llama-bench",
+    "llama-completion",
+    "llama-gguf-split",
+)
+"""Executables the workflow drives; all must exist in ``<build>/bin``."""
+
+# Deterministic floating point for reproducible quants: without it GCC contracts a*b+c into
+# FMA where the target has it, and some quant types then differ across machines.
+DETERMINISTIC_FLAGS = "-ffp-contract=off"
+
+BACKEND_ARGS = {
+    "cpu": [],
+    "cuda": ["-DGGML_CUDA=ON"],
+}
+
+
+def cache_root() -> Path:
+    """Where builds are cached: ``$GGUF_FORGE_CACHE`` or the user's cache directory."""
+    explicit = os.environ.get("GGUF_FORGE_CACHE")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "gguf-forge"
+
+
+def cmake_args(backend: str, extra: list[str], cuda_architectures: str | None = None) -> list[str]:
+    """The full, ordered CMake configuration for a build (the cache key hashes it)."""
+    if backend not in BACKEND_ARGS:
+        raise UserError(f"toolchain.backend: expected one of {sorted(BACKEND_ARGS)}, got {backend!r}")
+    args = [
+        "-DCMAKE_BUILD_TYPE=Release",
+        "-DBUILD_SHARED_LIBS=ON",
+        "-DLLAMA_CURL=OFF",
+        "-DLLAMA_OPENSSL=OFF",
+        "-DLLAMA_BUILD_TESTS=OFF",
+        "-DLLAMA_BUILD_EXAMPLES=OFF",
+        "-DLLAMA_BUILD_SERVER=OFF",
+        f"-DCMAKE_C_FLAGS={DETERMINISTIC_FLAGS}",
+        f"-DCMAKE_CXX_FLAGS={DETERMINISTIC_FLAGS}",
+        *BACKEND_ARGS[backend],
+    ]
+    if backend == "cuda" and cuda_architectures:
+        args.append(f"-DCMAKE_CUDA_ARCHITECTURES={cuda_architectures}")
+    return args + list(extra)
+
+
+def build_key(version: str, backend: str, args: list[str]) -> str:
+    """Directory name of a build: readable prefix plus a hash of the exact configuration."""
+    digest = hashlib.sha256(json.dumps([version, backend, args]).encode()).hexdigest()[:12]
+    return f"{version}-{backend}-{digest}"
+
+
+def ensure_sdist(version: str, cache: Path, log) -> Path:
+    """Return the cached ``llama-cpp-python`` sdist of ``version``, downloading it once."""
+    target_dir = cache / "sdist"
+    target_dir.mkdir(parents=True, exist_ok=True)
+    expected = target_dir / f"llama_cpp_python-{version}.tar.gz"
+    if expected.exists():
+        return expected
+    with tempfile.TemporaryDirectory(dir=target_dir) as tmp:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps",
+             f"llama-cpp-python=={version}", "-d", tmp],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        fetched = Path(tmp) / expected.name
+        if proc.returncode != 0 or not fetched.exists():
+            raise UserError(
+                f"toolchain.llama_cpp_python_version: could not fetch the llama-cpp-python sdist "
+                f"{version!r} (pip exit {proc.returncode}); expected a released version such as 0.3.36"
+            )
+        os.replace(fetched, expected)
+    return expected
+
+
+def _extract_llama_cpp(sdist: Path, dest: Path) -> str:
+    """Unpack ``vendor/llama.cpp`` of the sdist into ``dest``; return the vendored commit."""
+    prefix = sdist.name[: -len(".tar.gz")]
+    commit = "unknown"
+    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp, tarfile.open(sdist) as tar:
+        wanted = [m for m in tar.getmembers()
+                  if m.name.startswith(f"{prefix}/vendor/llama.cpp/")
+                  or m.name == f"{prefix}/.git/modules/vendor/llama.cpp/HEAD"]
+        tar.extractall(tmp, members=wanted, filter="data")
+        head = Path(tmp, prefix, ".git/modules/vendor/llama.cpp/HEAD")
+        if head.exists():
+            commit = head.read_text().strip()
+        os.replace(Path(tmp, prefix, "vendor/llama.cpp"), dest)
+    (dest / ".forge-commit").write_text(commit + "\n")
+    return commit
+
+
+def ensure_build(version: str, backend: str, extra_args: list[str], jobs: int, log,
+                 cuda_architectures: str | None = None) -> Path:
+    """Build (or reuse) the pinned llama.cpp; return the build root holding ``build-info.json``."""
+    cache = cache_root()
+    args = cmake_args(backend, extra_args, cuda_architectures)
+    root = cache / "llama.cpp" / build_key(version, backend, args)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    info_path = root / "build-info.json"
+    with open(root.parent / f"{root.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if info_path.exists() and all((root / "build/bin" / t).exists() for t in TOOLS):
+            print(f"reusing cached llama.cpp build {root}", file=log, flush=True)
+            return root
+        root.mkdir(exist_ok=True)
+        src = root / "src"
+        if not (src / ".forge-commit").exists():
+            shutil.rmtree(src, ignore_errors=True)
+            _extract_llama_cpp(ensure_sdist(version, cache, log), src)
+        commit = (src / ".forge-commit").read_text().strip()
+        generator = ["-G", "Ninja"] if shutil.which("ninja") else []
+        configure = ["cmake", "-S", str(src), "-B", str(root / "build"), *generator, *args,
+                     f"-DLLAMA_BUILD_COMMIT={commit[:9]}"]
+        build = ["cmake", "--build", str(root / "build"), "-j", str(jobs), "--target", *TOOLS]
+        started = time.monotonic()
+        for cmd in (configure, build):
+            print("+ " + " ".join(cmd), file=log, flush=True)
+            if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode != 0:
+                raise UserError(f"llama.cpp build failed: `{' '.join(cmd[:3])} ...` (see the log above)")
+        info = {
+            "llama_cpp_python_version": version,
+            "llama_cpp_commit": commit,
+            "backend": backend,
+            "cmake_args": args,
+            "deterministic_fp_flags": DETERMINISTIC_FLAGS,
+            "build_seconds": round(time.monotonic() - started, 1),
+            "jobs": jobs,
+        }
+        atomic_write_text(info_path, json.dumps(info, indent=2) + "\n")
+        return root
+
+
+def _run_ok(exe: Path) -> bool:
+    """True when the tool starts (its shared libraries resolve).
+
+    llama-quantize has no ``--version`` and exits 1 after printing its usage, so it counts as
+    running when it printed that usage.
+    """
+    probe = "--help" if exe.name == "llama-quantize" else "--version"
+    try:
+        proc = subprocess.run([str(exe), probe], capture_output=True, timeout=60)
+    except OSError:
+        return False
+    return proc.returncode == 0 or b"usage:" in proc.stdout + proc.stderr
+
+
+def _convert_script(bin_dir: Path) -> str | None:
+    """``convert_hf_to_gguf.py`` of the same llama.cpp: ``<root>/src`` for cached builds, else the
+    source tree above an existing ``build/bin`` directory."""
+    for base in (bin_dir.parent.parent / "src", bin_dir.parent.parent, bin_dir.parent):
+        if (base / "convert_hf_to_gguf.py").is_file():
+            return str(base / "convert_hf_to_gguf.py")
+    return None
+
+
+def describe(bin_dir: Path, build_info: dict) -> dict:
+    """The stamp every downstream rule depends on: what was built, how, and the binaries' digests."""
+    missing = [t for t in TOOLS if not (bin_dir / t).exists()]
+    if missing:
+        raise UserError(
+            f"toolchain.build_dir: {bin_dir} lacks {', '.join(missing)}; expected a llama.cpp build "
+            f"with the tools {', '.join(TOOLS)} in its bin/ directory"
+        )
+    broken = [t for t in TOOLS if not _run_ok(bin_dir / t)]
+    if broken:
+        raise UserError(f"toolchain.build_dir: {', '.join(broken)} in {bin_dir} do not run (they exit non-zero on --version/--help)")
+    version_text = subprocess.run([str(bin_dir / "llama-bench"), "--version"],
+                                  capture_output=True, text=True).stderr.strip()
+    return {
+        **build_info,
+        "bin_dir": str(bin_dir),
+        "tool_version": version_text,
+        "convert_script": _convert_script(bin_dir),
+        "llama_quantize_sha256": sha256_file(bin_dir / "llama-quantize"),
+        # The tools are thin launchers around lib<tool>-impl.so and libllama/libggml: all count.
+        "binaries_sha256": {p.name: sha256_file(p) for p in sorted(bin_dir.iterdir())
+                            if p.is_file() and not p.is_symlink() and (p.name in TOOLS or ".so" in p.name)},
+        "host": {"machine": platform.machine(), "system": platform.system()},
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stamp", required=True, type=Path, help="stamp JSON to write")
+    parser.add_argument("--log", type=Path, help="build log (default: stderr)")
+    parser.add_argument("--version", help="llama-cpp-python version whose vendored llama.cpp to build")
+    parser.add_argument("--backend", default="cpu")
+    parser.add_argument("--cmake-arg", action="append", default=[], help="extra CMake argument")
+    parser.add_argument("--cuda-architectures")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--build-dir", type=Path, help="use this existing llama.cpp build instead")
+    ns = parser.parse_args(argv)
+    log = open(ns.log, "a") if ns.log else sys.stderr
+    if ns.build_dir:
+        bin_dir = ns.build_dir / "bin" if (ns.build_dir / "bin").is_dir() else ns.build_dir
+        stamp = describe(bin_dir, {"source": "existing build directory", "backend": ns.backend})
+    else:
+        root = ensure_build(ns.version, ns.backend, ns.cmake_arg, ns.jobs, log, ns.cuda_architectures)
+        stamp = describe(root / "build/bin", {"source": "llama-cpp-python sdist",
+                                              **json.loads((root / "build-info.json").read_text())})
+    atomic_write_text(ns.stamp, json.dumps(stamp, indent=2, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":
+    run_cli(main)
