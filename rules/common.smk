@@ -59,6 +59,17 @@ def source_json(wildcards):
     return json.dumps(MODELS[wildcards.model].source, sort_keys=True)
 
 
+def parity_reference(wildcards):
+    """What the converted tokenizer is compared with: the source GGUF's, or the HF tokenizer."""
+    from workflow_scripts.sources import resolve_gguf_path
+
+    source = MODELS[wildcards.model].source
+    if source["type"] == "gguf":
+        return shlex.join(["--reference-gguf", str(resolve_gguf_path(source))])
+    hf_dir = source["path"] if source["type"] == "local" else f"results/{wildcards.model}/source/hf"
+    return shlex.join(["--hf-dir", hf_dir])
+
+
 def calibration_source(wildcards):
     return MODELS[wildcards.model].calibration["text"]
 

@@ -31,6 +31,8 @@ rule tokenizer_parity:
         "results/logs/tokenizer_parity/{model}.log",
     benchmark:
         "results/benchmarks/tokenizer_parity/{model}.tsv"
+    params:
+        reference=parity_reference,
     shell:
-        "{PYTHON} -m workflow_scripts.tokenizer_parity --gguf {input.gguf} --source-manifest {input.manifest}"
+        "{PYTHON} -m workflow_scripts.tokenizer_parity --gguf {input.gguf} {params.reference}"
         " --text {input.text} --stamp {input.stamp} --out {output.report} > {log} 2>&1"

@@ -6,6 +6,7 @@ from collections import Counter
 from pathlib import Path
 
 from snakemake.api import SnakemakeApi
+from snakemake.settings.enums import Quietness
 from snakemake.settings.types import ConfigSettings, DAGSettings, OutputSettings, ResourceSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -13,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def planned_jobs(workdir: Path, configfile: Path, targets: tuple[str, ...] = ()) -> Counter:
     """Jobs a dry run of the workflow would execute in ``workdir``, counted per rule."""
-    with SnakemakeApi(OutputSettings(quiet={"all"} if False else None)) as api:
+    with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
         workflow_api = api.workflow(
             resource_settings=ResourceSettings(cores=2),
             config_settings=ConfigSettings(configfiles=[configfile]),
@@ -23,4 +24,4 @@ def planned_jobs(workdir: Path, configfile: Path, targets: tuple[str, ...] = ())
         dag_api = workflow_api.dag(DAGSettings(targets=frozenset(targets)))
         dag_api.execute_workflow(executor="dryrun")
         dag = workflow_api._workflow.dag
-        return Counter(job.rule.name for job in dag.needrun_jobs())
+        return Counter(job.rule.name for job in dag.needrun_jobs(exclude_finished=False) if job.rule.name != "all")

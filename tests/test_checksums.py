@@ -36,14 +36,18 @@ def test_missing_sidecar_is_an_error(tmp_path):
 
 def test_sha256sums_is_sorted_and_checkable(tmp_path):
     files = []
-    for name in ("b.gguf", "a.gguf"):
+    (tmp_path / "quant").mkdir()
+    for name in ("b.gguf", "a.gguf", "quant/m-Q8_0.gguf"):
         (tmp_path / name).write_bytes(name.encode() * 100)
         write_sidecar(tmp_path / name)
         files.append(tmp_path / name)
-    text = sha256sums_text(files)
-    assert [line.split()[1] for line in text.splitlines()] == ["a.gguf", "b.gguf"]
+    text = sha256sums_text(files, tmp_path)
+    assert [line.split()[1] for line in text.splitlines()] == ["a.gguf", "b.gguf", "quant/m-Q8_0.gguf"]
     (tmp_path / "SHA256SUMS").write_text(text)
     subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=tmp_path, check=True, capture_output=True)
+    (tmp_path / "b.gguf").write_bytes(b"tampered")
+    with pytest.raises(UserError, match="b.gguf: checksum mismatch"):
+        sha256sums_text(files, tmp_path)
 
 
 def test_atomic_output_leaves_nothing_when_the_writer_fails(tmp_path):

@@ -39,6 +39,10 @@ def atomic_write_text(final: Path | str, text: str) -> None:
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".partial")
     try:
+        # mkstemp creates 0600; outputs are published files, so use the usual umask-derived mode.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
         os.replace(tmp, final)

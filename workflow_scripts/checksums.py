@@ -62,10 +62,14 @@ def verify(path: Path | str) -> str:
     return actual
 
 
-def sha256sums_text(paths: list[Path]) -> str:
-    """A ``SHA256SUMS`` body for files that each have a verified sidecar, sorted by name."""
-    lines = [f"{verify(p)}  {Path(p).name}" for p in sorted(paths, key=lambda p: Path(p).name)]
-    return "\n".join(lines) + "\n"
+def sha256sums_text(paths: list[Path], base: Path) -> str:
+    """A ``SHA256SUMS`` body (paths relative to ``base``, sorted) for files with verified sidecars.
+
+    ``sha256sum -c SHA256SUMS`` run in ``base`` checks every file.
+    """
+    base = Path(base).resolve()
+    names = sorted(Path(p).resolve().relative_to(base).as_posix() for p in paths)
+    return "".join(f"{verify(base / name)}  {name}\n" for name in names)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -76,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("files", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, required=True)
     ns = parser.parse_args(argv)
-    atomic_write_text(ns.out, sha256sums_text(ns.files))
+    atomic_write_text(ns.out, sha256sums_text(ns.files, ns.out.parent))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,69 @@
+"""The job graph, through Snakemake's API (dry runs): what runs, how often, and what re-runs."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dag import planned_jobs
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _config(tmp_path, quants_a, quants_b):
+    (tmp_path / "a.gguf").write_bytes(b"GGUF")
+    hf = tmp_path / "hf-b"
+    hf.mkdir(exist_ok=True)
+    (hf / "config.json").write_text("{}")
+    (hf / "model.safetensors").write_bytes(b"weights")
+    return {
+        "calibration": {"text": str(ROOT / "config" / "data" / "calibration.txt")},
+        "models": [
+            {"name": "a", "source": {"type": "gguf", "path": str(tmp_path / "a.gguf")}, "quants": quants_a},
+            {"name": "b", "source": {"type": "local", "path": str(hf)}, "quants": quants_b},
+        ],
+    }
+
+
+def _plan(tmp_path, config):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return planned_jobs(tmp_path, path)
+
+
+def test_two_models_three_quants_share_one_convert_and_one_imatrix_per_model(tmp_path):
+    jobs = _plan(tmp_path, _config(tmp_path, ["Q8_0", "Q4_K_M", "Q6_K"], ["Q8_0", "Q5_K_M", "IQ4_XS"]))
+    assert jobs["toolchain"] == 1
+    assert jobs["convert"] == 2 and jobs["imatrix"] == 2 and jobs["tokenizer_parity"] == 2
+    assert jobs["source_local"] == 2 and jobs["calibration_text"] == 2
+    assert jobs["quantize"] == 6 and jobs["sha256sums"] == 2
+
+
+def test_adding_a_quant_adds_exactly_one_quantize_job(tmp_path):
+    before = _plan(tmp_path, _config(tmp_path, ["Q8_0", "Q4_K_M", "Q6_K"], ["Q8_0"]))
+    after = _plan(tmp_path, _config(tmp_path, ["Q8_0", "Q4_K_M", "Q6_K", "Q3_K_M"], ["Q8_0"]))
+    diff = after - before
+    assert diff == {"quantize": 1}
+
+
+def test_imatrix_off_drops_the_imatrix_job(tmp_path):
+    config = _config(tmp_path, ["Q8_0"], ["Q8_0"])
+    config["models"][1]["imatrix"] = False
+    jobs = _plan(tmp_path, config)
+    assert jobs["imatrix"] == 1 and jobs["quantize"] == 2
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"quants": ["Q4_K_Z"]}, "quants[0]: 'Q4_K_Z' is not allowed"),
+    ({"imatrix": False, "quants": ["IQ2_XS"]}, "quant IQ2_XS needs an importance matrix"),
+    ({"extra_key": 1}, "unknown key(s) 'extra_key'"),
+])
+def test_bad_config_fails_before_any_job_with_the_field_named(tmp_path, change, message):
+    config = {**_config(tmp_path, ["Q8_0"], ["Q8_0"]), **change}
+    if "quants" in change:
+        for model in config["models"]:
+            model.pop("quants")
+    with pytest.raises(Exception) as err:
+        _plan(tmp_path, config)
+    assert message in str(err.value)
+    assert not (tmp_path / "results").exists()

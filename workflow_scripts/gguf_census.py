@@ -1,0 +1,162 @@
+"""Recipe check after quantize: the output's tensor types against what was asked, and why they differ.
+
+llama.cpp has silently ignored per-tensor overrides before, and many tensors legitimately get
+another type (a K-quant mixture upgrades some tensors on purpose; rows whose length is not a
+multiple of the block size fall back to another type). The GGUF itself is the truth about types
+(read with gguf-py); llama-quantize's log only supplies the reasons. An override that did not take
+effect, and is not explained by a fallback, fails the job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from workflow_scripts.atomic import atomic_write_text
+from workflow_scripts.errors import UserError, run_cli
+from workflow_scripts.llama_tools import parse_quantize_fallbacks, parse_quantize_tensors
+
+# llama_ftype_get_default_type (src/llama-quant.cpp of the pinned llama.cpp): the tensor type a
+# file type is named after; mixtures (_S/_M/_L, IQ*_M) upgrade some tensors from it.
+BASE_TYPE = {
+    "Q1_0": "Q1_0", "Q2_0": "Q2_0", "Q4_0": "Q4_0", "Q4_1": "Q4_1", "Q5_0": "Q5_0", "Q5_1": "Q5_1",
+    "Q8_0": "Q8_0", "F16": "F16", "BF16": "BF16", "MXFP4_MOE": "MXFP4",
+    "Q2_K": "Q2_K", "Q2_K_S": "Q2_K", "IQ3_XS": "IQ3_S", "Q3_K_S": "Q3_K", "Q3_K_M": "Q3_K",
+    "Q3_K_L": "Q3_K", "Q4_K_S": "Q4_K", "Q4_K_M": "Q4_K", "Q5_K_S": "Q5_K", "Q5_K_M": "Q5_K",
+    "Q6_K": "Q6_K", "TQ1_0": "TQ1_0", "TQ2_0": "TQ2_0", "IQ2_XXS": "IQ2_XXS", "IQ2_XS": "IQ2_XS",
+    "IQ2_S": "IQ2_XS", "IQ2_M": "IQ2_S", "IQ3_XXS": "IQ3_XXS", "IQ1_S": "IQ1_S", "IQ1_M": "IQ1_M",
+    "IQ4_NL": "IQ4_NL", "IQ4_XS": "IQ4_XS", "IQ3_S": "IQ3_S", "IQ3_M": "IQ3_S",
+}
+CLASSES = ("requested", "recipe_mix", "override", "fallback", "not_quantized", "override_ignored")
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    type: str
+    shape: tuple[int, ...]
+    n_bytes: int
+    n_elements: int
+
+
+@dataclass
+class Recipe:
+    """What was asked of llama-quantize: file type plus the user's type overrides."""
+
+    quant: str
+    tensor_types: list[tuple[str, str]] = field(default_factory=list)  # (pattern, type), in order
+    output_tensor_type: str | None = None
+    token_embedding_type: str | None = None
+
+    def override_for(self, name: str) -> tuple[str, str] | None:
+        """(which option, type) that applies to ``name``, with llama.cpp's precedence."""
+        if self.token_embedding_type and name == "token_embd.weight":
+            return "--token-embedding-type", self.token_embedding_type.upper()
+        if self.output_tensor_type and name == "output.weight":
+            return "--output-tensor-type", self.output_tensor_type.upper()
+        for pattern, ttype in self.tensor_types:
+            # llama.cpp lower-cases the pattern and applies std::regex_search; first match wins.
+            if re.search(pattern.lower(), name):
+                return f"--tensor-type {pattern}={ttype}", ttype.upper()
+        return None
+
+
+def expected_base_type(quant: str) -> str:
+    try:
+        return BASE_TYPE[quant]
+    except KeyError:
+        raise UserError(f"quant type {quant!r} is not known to the recipe check") from None
+
+
+def read_tensor_types(gguf_path: Path) -> dict[str, TensorInfo]:
+    """Every tensor of a GGUF with its type, shape (innermost first), bytes and element count."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(gguf_path)
+    return {t.name: TensorInfo(t.tensor_type.name, tuple(int(d) for d in t.shape), int(t.n_bytes),
+                               int(t.n_elements)) for t in reader.tensors}
+
+
+def classify(name: str, info: TensorInfo, recipe: Recipe, base: str, fallbacks: dict,
+             converted: dict) -> tuple[str, dict[str, Any]]:
+    """The class of one tensor and the details worth recording about it."""
+    line = converted.get(name)
+    if line is not None and line.target_type is None or (line is None and len(info.shape) == 1):
+        return "not_quantized", {}
+    override = recipe.override_for(name)
+    fallback = fallbacks.get(name)
+    if override:
+        option, wanted = override
+        if info.type == wanted:
+            return "override", {"option": option, "type": wanted}
+        if fallback and fallback.wanted == wanted:
+            return "fallback", {"wanted": wanted, "actual": info.type, "reason": fallback.reason, "option": option}
+        return "override_ignored", {"option": option, "wanted": wanted, "actual": info.type}
+    if fallback:
+        return "fallback", {"wanted": fallback.wanted, "actual": info.type, "reason": fallback.reason}
+    return ("requested" if info.type == base else "recipe_mix"), {}
+
+
+def census(gguf_path: Path, recipe: Recipe, quantize_log: str) -> dict[str, Any]:
+    """Tensor-type census of a quantized GGUF checked against its recipe; raises on ignored overrides."""
+    base = expected_base_type(recipe.quant)
+    tensors = read_tensor_types(gguf_path)
+    fallbacks = parse_quantize_fallbacks(quantize_log)
+    converted = {line.name: line for line in parse_quantize_tensors(quantize_log)}
+    classes: Counter = Counter()
+    fallback_list, override_list, ignored = [], [], []
+    for name, info in tensors.items():
+        kind, details = classify(name, info, recipe, base, fallbacks, converted)
+        classes[kind] += 1
+        if kind == "fallback":
+            fallback_list.append({"tensor": name, "shape": list(info.shape), **details})
+        elif kind == "override":
+            override_list.append({"tensor": name, **details})
+        elif kind == "override_ignored":
+            ignored.append(f"{name} (asked {details['wanted']} by {details['option']}, got {details['actual']})")
+    if ignored:
+        raise UserError(f"{gguf_path}: llama-quantize ignored {len(ignored)} type override(s): "
+                        + "; ".join(ignored[:5]) + ("; ..." if len(ignored) > 5 else ""))
+    n_bytes = sum(t.n_bytes for t in tensors.values())
+    n_params = sum(t.n_elements for t in tensors.values())
+    return {
+        "quant": recipe.quant,
+        "base_type": base,
+        "recipe": {"tensor_types": recipe.tensor_types, "output_tensor_type": recipe.output_tensor_type,
+                   "token_embedding_type": recipe.token_embedding_type},
+        "tensors": len(tensors),
+        "parameters": n_params,
+        "tensor_bytes": n_bytes,
+        "file_bytes": Path(gguf_path).stat().st_size,
+        "bits_per_weight": round(8 * n_bytes / n_params, 4) if n_params else None,
+        "types": dict(sorted(Counter(t.type for t in tensors.values()).items())),
+        "classes": {k: classes.get(k, 0) for k in CLASSES},
+        "fallbacks": fallback_list,
+        "overrides": override_list,
+        "tensor_types": {name: info.type for name, info in tensors.items()},
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gguf", type=Path, required=True)
+    parser.add_argument("--quant", required=True)
+    parser.add_argument("--tensor-type", action="append", default=[], metavar="PATTERN=TYPE")
+    parser.add_argument("--output-tensor-type")
+    parser.add_argument("--token-embedding-type")
+    parser.add_argument("--quantize-log", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    ns = parser.parse_args(argv)
+    recipe = Recipe(ns.quant, [tuple(t.split("=", 1)) for t in ns.tensor_type],
+                    ns.output_tensor_type, ns.token_embedding_type)
+    result = census(ns.gguf, recipe, ns.quantize_log.read_text(errors="replace"))
+    atomic_write_text(ns.out, json.dumps(result, indent=2) + "\n")
+    print(f"{ns.gguf}: {result['bits_per_weight']} bits per weight, {result['classes']}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
