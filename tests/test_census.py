@@ -1,0 +1,98 @@
+"""Recipe check: parsers on captured llama-quantize output, and the census on real quants."""
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from workflow_scripts.errors import UserError
+from workflow_scripts.gguf_census import Recipe, census, expected_base_type
+from workflow_scripts.llama_tools import parse_quantize_fallbacks, parse_quantize_overrides, parse_quantize_tensors
+
+FIXTURES = Path(__file__).parent / "fixtures" / "quantize"
+
+
+def test_parse_tensor_lines_of_a_real_q4_k_m_log():
+    lines = parse_quantize_tensors((FIXTURES / "smollm2-135m-Q4_K_M.log").read_text())
+    assert len(lines) == 272
+    by_name = {line.name: line for line in lines}
+    assert by_name["blk.0.attn_v.weight"].shape == (576, 192, 1, 1)
+    assert by_name["blk.0.attn_v.weight"].target_type == "Q8_0"
+    assert by_name["blk.0.ffn_down.weight"].target_type == "Q6_K"
+    assert by_name["output_norm.weight"].target_type is None  # copied, not quantized
+    # token_embd's "converting to" comes after an imatrix message on the next line.
+    assert by_name["token_embd.weight"].target_type == "Q8_0"
+
+
+def test_parse_fallbacks_with_their_reason():
+    fallbacks = parse_quantize_fallbacks((FIXTURES / "smollm2-135m-Q4_K_M.log").read_text())
+    assert len(fallbacks) == 180
+    fb = fallbacks["blk.0.attn_v.weight"]
+    assert (fb.ncols, fb.block, fb.wanted, fb.actual) == (576, 256, "Q6_K", "Q8_0")
+    assert fb.reason == "576 columns not divisible by 256 (Q6_K block) -> Q8_0"
+
+
+def test_parse_manual_overrides():
+    overrides = parse_quantize_overrides((FIXTURES / "tiny-Q4_K_M-overrides.log").read_text())
+    assert overrides == {"blk.0.attn_v.weight": "Q8_0", "blk.1.attn_v.weight": "Q8_0", "blk.1.ffn_down.weight": "Q5_0"}
+
+
+def test_base_types_follow_llama_cpp():
+    assert [expected_base_type(q) for q in ("Q4_K_M", "Q3_K_M", "IQ2_M", "IQ3_XS", "Q8_0")] == [
+        "Q4_K", "Q3_K", "IQ2_S", "IQ3_S", "Q8_0"]
+    with pytest.raises(UserError):
+        expected_base_type("Q9")
+
+
+def test_override_precedence_follows_llama_cpp():
+    recipe = Recipe("Q4_K_M", [("ATTN_V", "Q8_0"), ("attn", "Q6_K")], output_tensor_type="Q8_0")
+    assert recipe.override_for("blk.3.attn_v.weight") == ("--tensor-type ATTN_V=Q8_0", "Q8_0")  # lower-cased, first wins
+    assert recipe.override_for("blk.3.attn_q.weight")[1] == "Q6_K"
+    assert recipe.override_for("output.weight") == ("--output-tensor-type", "Q8_0")
+    assert recipe.override_for("blk.3.ffn_up.weight") is None
+
+
+@pytest.fixture(scope="module")
+def tiny_overridden(tiny_f16, toolchain_bin, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ovr") / "tiny-Q4_K_M.gguf"
+    proc = subprocess.run([str(toolchain_bin / "llama-quantize"), "--tensor-type", "attn_v=q8_0",
+                           "--tensor-type", r"blk\.1\.ffn_down=q5_0", "--output-tensor-type", "q8_0",
+                           "--token-embedding-type", "q8_0", str(tiny_f16), str(out), "Q4_K_M", "2"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    return out, proc.stdout + proc.stderr
+
+
+@pytest.mark.toolchain
+def test_honored_overrides_pass_and_are_recorded(tiny_overridden):
+    gguf, log = tiny_overridden
+    recipe = Recipe("Q4_K_M", [("attn_v", "Q8_0"), (r"blk\.1\.ffn_down", "Q5_0")], "Q8_0", "Q8_0")
+    result = census(gguf, recipe, log)
+    assert result["classes"]["override"] == 5 and result["classes"]["override_ignored"] == 0
+    assert {o["tensor"] for o in result["overrides"]} == {
+        "blk.0.attn_v.weight", "blk.1.attn_v.weight", "blk.1.ffn_down.weight", "output.weight", "token_embd.weight"}
+    # 64 and 128 columns are not multiples of 256: the other Q4_K tensors fell back, with the reason.
+    assert result["classes"]["fallback"] == 11
+    assert all("not divisible by 256" in f["reason"] for f in result["fallbacks"])
+
+
+@pytest.mark.toolchain
+def test_an_override_that_did_not_take_effect_fails_naming_the_tensor(tiny_overridden):
+    gguf, log = tiny_overridden
+    # The file has attn_v in Q8_0; a recipe that asked Q6_K for it was not honored.
+    with pytest.raises(UserError, match=r"ignored 2 type override\(s\): blk.0.attn_v.weight \(asked Q6_K .* got Q8_0\)"):
+        census(gguf, Recipe("Q4_K_M", [("attn_v", "Q6_K")]), log)
+
+
+@pytest.mark.toolchain
+def test_bits_per_weight_from_tensor_sizes(tiny_f16, toolchain_bin, tmp_path):
+    results = {}
+    for quant in ("Q8_0", "Q4_K_M"):
+        out = tmp_path / f"{quant}.gguf"
+        proc = subprocess.run([str(toolchain_bin / "llama-quantize"), str(tiny_f16), str(out), quant, "2"],
+                              capture_output=True, text=True)
+        results[quant] = census(out, Recipe(quant), proc.stdout + proc.stderr)
+    f16 = census(tiny_f16, Recipe("F16"), "")
+    assert 15.9 < f16["bits_per_weight"] <= 32
+    assert 8.5 <= results["Q8_0"]["bits_per_weight"] < 9.5  # norms stay F32 in this tiny model
+    assert results["Q4_K_M"]["bits_per_weight"] < results["Q8_0"]["bits_per_weight"]
