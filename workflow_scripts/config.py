@@ -17,7 +17,8 @@ import yaml
 
 from workflow_scripts.errors import UserError
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "config" / "schema" / "config.schema.yaml"
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+SCHEMA_PATH = PROJECT_DIR / "config" / "schema" / "config.schema.yaml"
 
 # llama.cpp refuses these without an importance matrix (src/llama-quant.cpp,
 # tensor_requires_imatrix): their main tensors become IQ1/IQ2/IQ3_XXS types, or Q2_K in Q2_K_S.
@@ -96,13 +97,20 @@ def fill_defaults(config: dict, schema_path: Path = SCHEMA_PATH) -> None:
     validate(config, str(schema_path), set_default=True)
 
 
-def _check_file(path_text: str, where: str, source_name: str, base: Path, kind: str = "file") -> Path:
+def _check_file(path_text: str, where: str, source_name: str, base: Path, kind: str = "file") -> str:
+    """The path to use for a configured file: relative to the working directory, or else to the
+    project directory (so shipped files such as config/data/calibration.txt work from anywhere)."""
     path = Path(path_text)
-    full = path if path.is_absolute() else base / path
-    ok = full.is_dir() if kind == "directory" else full.is_file()
-    if not ok:
-        raise UserError(f"{source_name}: {where}: {kind} {path_text!r} does not exist (looked in {full})")
-    return path
+    exists = Path.is_dir if kind == "directory" else Path.is_file
+    if path.is_absolute():
+        candidates = [path]
+    else:
+        candidates = [base / path, PROJECT_DIR / path]
+    for candidate in candidates:
+        if exists(candidate):
+            return path_text if candidate == base / path else str(candidate)
+    raise UserError(f"{source_name}: {where}: {kind} {path_text!r} does not exist "
+                    f"(looked in {' and '.join(map(str, candidates))})")
 
 
 def _calibration(global_cal: dict, model_cal: dict | None) -> dict:
@@ -131,9 +139,9 @@ def _check_model(index: int, model: dict, config: dict, source_name: str, base: 
         raise UserError(f"{source_name}: {where}.name: {name!r} may not contain '..'; expected a plain name")
     source = dict(model["source"])
     if source["type"] == "local":
-        _check_file(source["path"], f"{where}.source.path", source_name, base, "directory")
+        source["path"] = _check_file(source["path"], f"{where}.source.path", source_name, base, "directory")
     elif source["type"] == "gguf" and "path" in source:
-        _check_file(source["path"], f"{where}.source.path", source_name, base)
+        source["path"] = _check_file(source["path"], f"{where}.source.path", source_name, base)
     elif source["type"] == "gguf":
         from workflow_scripts.sources import resolve_gguf_path
 
@@ -143,7 +151,7 @@ def _check_model(index: int, model: dict, config: dict, source_name: str, base: 
             raise UserError(f"{source_name}: {where}.source: {err}") from None
     calibration = _calibration(config["calibration"], model.get("calibration"))
     cal_field = f"{where}.calibration.text" if "text" in model.get("calibration", {}) else "calibration.text"
-    _check_file(calibration["text"], cal_field, source_name, base)
+    calibration["text"] = _check_file(calibration["text"], cal_field, source_name, base)
     imatrix = model.get("imatrix", config["imatrix"])
     quants = tuple(model.get("quants", config["quants"]))
     args, recipes = {}, {}

@@ -1,0 +1,78 @@
+"""The HF path end to end: a tiny Llama in HF format → convert → parity → imatrix → quants."""
+
+import json
+import subprocess
+
+import pytest
+
+from workflow_run import snakemake, write_config
+from conftest import CALIBRATION
+
+pytestmark = pytest.mark.toolchain
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_hf, toolchain_root):
+    workdir = tmp_path_factory.mktemp("tiny-run")
+    config = write_config(workdir, {
+        "calibration": {"text": str(CALIBRATION), "chunks": 4, "ctx": 128},
+        "quants": ["Q8_0", "Q4_K_M", "IQ4_XS"],
+        "quant_options": {"Q4_K_M": {"tensor_types": {"attn_v": "Q8_0"}, "token_embedding_type": "Q8_0"}},
+        "models": [{"name": "tiny", "source": {"type": "local", "path": str(tiny_hf)}}],
+    })
+    snakemake(workdir, config)
+    return workdir, config
+
+
+def test_local_source_is_converted_with_the_pinned_script_and_checked(tiny_run, tiny_hf):
+    workdir, _ = tiny_run
+    model = workdir / "results" / "tiny"
+    record = json.loads((model / "reference" / "tiny-F16.convert.json").read_text())
+    assert record["method"] == "convert_hf_to_gguf" and len(record["llama_cpp_commit"]) == 40
+    source = json.loads((model / "source" / "source.json").read_text())
+    assert {e["path"].rsplit("/", 1)[1] for e in source["files"]} >= {"config.json", "model.safetensors", "tokenizer.model"}
+    parity = json.loads((model / "checks" / "tokenizer_parity.json").read_text())
+    assert parity["verdict"] == "identical" and parity["tokens_compared"] > 10000
+    assert subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=model, capture_output=True).returncode == 0
+
+
+def test_per_quant_overrides_reach_the_file(tiny_run):
+    workdir, _ = tiny_run
+    census = json.loads((workdir / "results/tiny/quant/tiny-Q4_K_M.census.json").read_text())
+    assert census["tensor_types"]["blk.0.attn_v.weight"] == "Q8_0"
+    assert census["tensor_types"]["token_embd.weight"] == "Q8_0"
+    assert {o["tensor"] for o in census["overrides"]} == {"blk.0.attn_v.weight", "blk.1.attn_v.weight", "token_embd.weight"}
+
+
+def test_a_changed_source_file_is_noticed(tiny_run, tiny_hf, tmp_path):
+    """Editing a source weight file re-runs the source step and everything after it."""
+    from dag import planned_jobs
+
+    workdir, config = tiny_run
+    weights = tiny_hf / "model.safetensors"
+    original = weights.read_bytes()
+    try:
+        weights.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))  # one weight bit flipped
+        jobs = planned_jobs(workdir, config)
+        assert jobs["source_local"] == 1 and jobs["convert"] == 1 and jobs["quantize"] == 3
+    finally:
+        weights.write_bytes(original)
+
+
+def test_a_tampered_reference_is_refused_by_its_consumer(tiny_run):
+    from workflow_scripts.checksums import sha256_file
+
+    workdir, config = tiny_run
+    quants = sorted((workdir / "results/tiny/quant").glob("*.gguf"))
+    before = {q: sha256_file(q) for q in quants}
+    ref = workdir / "results/tiny/reference/tiny-F16.gguf"
+    data = bytearray(ref.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    ref.write_bytes(bytes(data))
+    proc = snakemake(workdir, config, check=False)
+    assert proc.returncode != 0
+    assert "tiny-F16.gguf: checksum mismatch" in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    # Nothing half-written, and the quants made earlier from the good reference are untouched.
+    assert not list((workdir / "results").rglob("*.partial"))
+    assert {q: sha256_file(q) for q in quants} == before
