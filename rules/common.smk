@@ -1,15 +1,18 @@
 # Config access, wildcard constraints and input functions shared by every stage.
 import json
+import os
 import re
 import shlex
 import sys
 
-from workflow_scripts.config import build_plan
 from snakemake.exceptions import WorkflowError
 
+from workflow_scripts.config import build_plan
 from workflow_scripts.errors import UserError
 
-PYTHON = sys.executable
+# Jobs run `python -m workflow_scripts...` with the interpreter that runs Snakemake (the project's
+# environment), even when it was started as .venv/bin/snakemake without activating it.
+os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
 STAMP = "results/toolchain/llama.cpp.json"
 
 try:
@@ -42,7 +45,7 @@ def reference_gguf(wildcards):
 
 def reference_inputs(wildcards):
     gguf = reference_gguf(wildcards)
-    return {"gguf": gguf, "sha": gguf + ".sha256"}
+    return {"gguf": gguf, "sha": f"{gguf}.sha256"}
 
 
 def source_inputs(wildcards):

@@ -15,7 +15,7 @@ rule convert:
     benchmark:
         "results/benchmarks/convert/{model}-{reftype}.tsv"
     shell:
-        "{PYTHON} -m workflow_scripts.convert --stamp {input.stamp} --source-manifest {input.manifest}"
+        "python -m workflow_scripts.convert --stamp {input.stamp} --source-manifest {input.manifest}"
         " --outtype {wildcards.reftype} --out {output.gguf} --record {output.record} --log {log}"
 
 
@@ -34,5 +34,5 @@ rule tokenizer_parity:
     params:
         reference=parity_reference,
     shell:
-        "{PYTHON} -m workflow_scripts.tokenizer_parity --gguf {input.gguf} {params.reference}"
+        "python -m workflow_scripts.tokenizer_parity --gguf {input.gguf} {params.reference}"
         " --text {input.text} --stamp {input.stamp} --out {output.report} > {log} 2>&1"

@@ -12,7 +12,7 @@ rule calibration_text:
     benchmark:
         "results/benchmarks/calibration_text/{model}.tsv"
     shell:
-        "{PYTHON} -m workflow_scripts.calibration {input} {output} > {log} 2>&1"
+        "python -m workflow_scripts.calibration {input} {output} > {log} 2>&1"
 
 
 rule imatrix:
@@ -33,7 +33,7 @@ rule imatrix:
         verify=verify_flags,
     threads: 8
     shell:
-        "{PYTHON} -m workflow_scripts.tool_step --stamp {input.stamp} --output {output.imatrix}"
+        "python -m workflow_scripts.tool_step --stamp {input.stamp} --output {output.imatrix}"
         " --log {log} {params.verify} --"
         " llama-imatrix -m {input.gguf} -f {input.text} -o {{out}} --output-format gguf"
         " {params.calibration} -t {threads} --no-ppl"

@@ -19,10 +19,10 @@ rule quantize:
         verify=verify_flags,
     threads: 8
     shell:
-        "{PYTHON} -m workflow_scripts.tool_step --stamp {input.stamp} --output {output.gguf}"
+        "python -m workflow_scripts.tool_step --stamp {input.stamp} --output {output.gguf}"
         " --log {log} {params.verify} --"
         " llama-quantize {params.args} {input.gguf} {{out}} {wildcards.quant} {threads}"
-        " && {PYTHON} -m workflow_scripts.gguf_census --gguf {output.gguf} --quant {wildcards.quant}"
+        " && python -m workflow_scripts.gguf_census --gguf {output.gguf} --quant {wildcards.quant}"
         " {params.recipe} --quantize-log {log} --out {output.census} >> {log} 2>&1"
 
 
@@ -38,5 +38,5 @@ rule sha256sums:
     benchmark:
         "results/benchmarks/sha256sums/{model}.tsv"
     shell:
-        "{PYTHON} -m workflow_scripts.checksums {input.gguf} {input.imatrix} {input.quants}"
+        "python -m workflow_scripts.checksums {input.gguf} {input.imatrix} {input.quants}"
         " --out {output} > {log} 2>&1"

@@ -15,7 +15,7 @@ rule source_local:
     wildcard_constraints:
         model=_models_with_source("local", "gguf"),
     shell:
-        "{PYTHON} -m workflow_scripts.sources manifest --source-json {params.source:q}"
+        "python -m workflow_scripts.sources manifest --source-json {params.source:q}"
         " --out {output.manifest} > {log} 2>&1"
 
 
@@ -32,5 +32,5 @@ rule source_hub:
     wildcard_constraints:
         model=_models_with_source("hf"),
     shell:
-        "{PYTHON} -m workflow_scripts.sources manifest --source-json {params.source:q}"
+        "python -m workflow_scripts.sources manifest --source-json {params.source:q}"
         " --dest {output.snapshot} --out {output.manifest} > {log} 2>&1"

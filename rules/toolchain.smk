@@ -13,5 +13,5 @@ rule toolchain:
         args=toolchain_args(),
     threads: workflow.cores
     shell:
-        "{PYTHON} -m workflow_scripts.toolchain {params.args} --jobs {threads}"
+        "python -m workflow_scripts.toolchain {params.args} --jobs {threads}"
         " --stamp {output.stamp} --log {log}"

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from workflow_scripts.errors import UserError
-from workflow_scripts.toolchain import TOOLS, build_key, cmake_args, describe
+from workflow_scripts.toolchain import TOOLS, apply_deterministic_patch, build_key, cmake_args, describe
 
 
 def test_cache_key_changes_with_version_backend_and_flags():
@@ -22,9 +22,16 @@ def test_cache_key_changes_with_version_backend_and_flags():
     assert base not in others and len(others) == 3
 
 
-def test_build_is_deterministic_floating_point_and_shared():
+def test_quantization_code_is_built_with_deterministic_floating_point(tmp_path):
+    cmake = tmp_path / "ggml" / "src" / "CMakeLists.txt"
+    cmake.parent.mkdir(parents=True)
+    cmake.write_text("add_library(ggml-base ggml-quants.c)\n")
+    apply_deterministic_patch(tmp_path)
+    apply_deterministic_patch(tmp_path)  # idempotent
+    text = cmake.read_text()
+    assert text.count("target_compile_options(ggml-base PRIVATE") == 1 and "-ffp-contract=off" in text
     args = cmake_args("cpu", [])
-    assert "-DCMAKE_C_FLAGS=-ffp-contract=off" in args and "-DCMAKE_CXX_FLAGS=-ffp-contract=off" in args
+    assert not any("ffp-contract" in a for a in args)  # inference kernels keep upstream flags
     assert "-DBUILD_SHARED_LIBS=ON" in args
     assert "-DGGML_CUDA=ON" in cmake_args("cuda", [])
     with pytest.raises(UserError, match="toolchain.backend"):
@@ -50,7 +57,9 @@ def test_stamp_records_commit_flags_and_binary_digests(toolchain_stamp, toolchai
     stamp = json.loads(toolchain_stamp.read_text())
     assert len(stamp["llama_cpp_commit"]) == 40
     assert stamp["llama_cpp_python_version"] == "0.3.36"
-    assert stamp["deterministic_fp_flags"] == "-ffp-contract=off"
+    assert stamp["deterministic_fp"] == "ggml-base (quantization code) compiled with -ffp-contract=off"
+    patched = (toolchain_bin.parent.parent / "src" / "ggml" / "src" / "CMakeLists.txt").read_text()
+    assert "target_compile_options(ggml-base PRIVATE $<$<COMPILE_LANGUAGE:C,CXX>:-ffp-contract=off>)" in patched
     digest = subprocess.run(["sha256sum", str(toolchain_bin / "llama-quantize")], capture_output=True,
                             text=True, check=True).stdout.split()[0]
     assert stamp["llama_quantize_sha256"] == digest

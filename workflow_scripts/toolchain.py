@@ -37,9 +37,16 @@ TOOLS = (
 )
 """Executables the workflow drives; all must exist in ``<build>/bin``."""
 
-# Deterministic floating point for reproducible quants: without it GCC contracts a*b+c into
-# FMA where the target has it, and some quant types then differ across machines.
+# Deterministic floating point for reproducible quants: without it the compiler may contract
+# a*b+c into FMA where the target has it (baseline on aarch64), and some quant types then differ
+# across machines. Only ggml-base, which holds the quantization code (ggml-quants.c), gets the
+# flag: the inference kernels in ggml-cpu/ggml-cuda are compiled exactly as upstream does.
 DETERMINISTIC_FLAGS = "-ffp-contract=off"
+DETERMINISTIC_PATCH = (
+    "\n# gguf-forge: deterministic floating point in the quantization code (reproducible quants)\n"
+    f"target_compile_options(ggml-base PRIVATE $<$<COMPILE_LANGUAGE:C,CXX>:{DETERMINISTIC_FLAGS}>)\n"
+)
+PATCHED_FILE = "ggml/src/CMakeLists.txt"
 
 BACKEND_ARGS = {
     "cpu": [],
@@ -68,8 +75,6 @@ def cmake_args(backend: str, extra: list[str], cuda_architectures: str | None = 
         "-DLLAMA_BUILD_TESTS=OFF",
         "-DLLAMA_BUILD_EXAMPLES=OFF",
         "-DLLAMA_BUILD_SERVER=OFF",
-        f"-DCMAKE_C_FLAGS={DETERMINISTIC_FLAGS}",
-        f"-DCMAKE_CXX_FLAGS={DETERMINISTIC_FLAGS}",
         *BACKEND_ARGS[backend],
     ]
     if backend == "cuda" and cuda_architectures:
@@ -79,7 +84,7 @@ def cmake_args(backend: str, extra: list[str], cuda_architectures: str | None = 
 
 def build_key(version: str, backend: str, args: list[str]) -> str:
     """Directory name of a build: readable prefix plus a hash of the exact configuration."""
-    digest = hashlib.sha256(json.dumps([version, backend, args]).encode()).hexdigest()[:12]
+    digest = hashlib.sha256(json.dumps([version, backend, args, DETERMINISTIC_PATCH]).encode()).hexdigest()[:12]
     return f"{version}-{backend}-{digest}"
 
 
@@ -106,6 +111,14 @@ def ensure_sdist(version: str, cache: Path, log) -> Path:
     return expected
 
 
+def apply_deterministic_patch(src: Path) -> None:
+    """Compile ggml-base (the quantization code) with deterministic floating point."""
+    target = src / PATCHED_FILE
+    text = target.read_text()
+    if DETERMINISTIC_PATCH not in text:
+        target.write_text(text + DETERMINISTIC_PATCH)
+
+
 def _extract_llama_cpp(sdist: Path, dest: Path) -> str:
     """Unpack ``vendor/llama.cpp`` of the sdist into ``dest``; return the vendored commit."""
     prefix = sdist.name[: -len(".tar.gz")]
@@ -118,6 +131,7 @@ def _extract_llama_cpp(sdist: Path, dest: Path) -> str:
         head = Path(tmp, prefix, ".git/modules/vendor/llama.cpp/HEAD")
         if head.exists():
             commit = head.read_text().strip()
+        apply_deterministic_patch(Path(tmp, prefix, "vendor/llama.cpp"))
         os.replace(Path(tmp, prefix, "vendor/llama.cpp"), dest)
     (dest / ".forge-commit").write_text(commit + "\n")
     return commit
@@ -156,7 +170,7 @@ def ensure_build(version: str, backend: str, extra_args: list[str], jobs: int, l
             "llama_cpp_commit": commit,
             "backend": backend,
             "cmake_args": args,
-            "deterministic_fp_flags": DETERMINISTIC_FLAGS,
+            "deterministic_fp": f"ggml-base (quantization code) compiled with {DETERMINISTIC_FLAGS}",
             "build_seconds": round(time.monotonic() - started, 1),
             "jobs": jobs,
         }
