@@ -76,3 +76,34 @@ def test_a_tampered_reference_is_refused_by_its_consumer(tiny_run):
     # Nothing half-written, and the quants made earlier from the good reference are untouched.
     assert not list((workdir / "results").rglob("*.partial"))
     assert {q: sha256_file(q) for q in quants} == before
+
+
+def test_same_inputs_give_the_same_bytes_in_another_directory(tiny_run, tmp_path):
+    """Paths llama.cpp writes into the files are relative: a second checkout makes identical GGUFs."""
+    workdir, config = tiny_run
+    other = tmp_path / "elsewhere" / "deeper"
+    other.mkdir(parents=True)
+    (other / "config.yaml").write_text(config.read_text())
+    snakemake(other, other / "config.yaml")
+    assert (other / "results/tiny/SHA256SUMS").read_text() == (workdir / "results/tiny/SHA256SUMS").read_text()
+
+
+def test_bf16_reference_and_an_existing_build_directory(tiny_hf, toolchain_root, tmp_path):
+    """reference_type BF16, and toolchain.build_dir pointing at a llama.cpp build made elsewhere."""
+    from gguf import GGUFReader
+
+    config = write_config(tmp_path, {
+        "toolchain": {"build_dir": str(toolchain_root / "build")},
+        "reference_type": "BF16",
+        "imatrix": False,
+        "quants": ["Q8_0"],
+        "models": [{"name": "tiny", "source": {"type": "local", "path": str(tiny_hf)}}],
+    })
+    snakemake(tmp_path, config)
+    stamp = json.loads((tmp_path / "results/toolchain/llama.cpp.json").read_text())
+    assert stamp["source"] == "existing build directory" and stamp["convert_script"].endswith("convert_hf_to_gguf.py")
+    ref = GGUFReader(tmp_path / "results/tiny/reference/tiny-BF16.gguf")
+    assert {t.tensor_type.name for t in ref.tensors} == {"BF16", "F32"}
+    quant = GGUFReader(tmp_path / "results/tiny/quant/tiny-Q8_0.gguf")
+    assert "quantize.imatrix.file" not in quant.fields
+    assert not list((tmp_path / "results/tiny").rglob("*.imatrix.gguf"))
