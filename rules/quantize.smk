@@ -19,7 +19,9 @@ rule quantize:
         verify=verify_flags,
     threads: 8
     shell:
-        "python -m workflow_scripts.tool_step --stamp {input.stamp} --output {output.gguf}"
+        "python -m workflow_scripts.gguf_census --preflight {input.gguf} --quant {wildcards.quant}"
+        " {params.recipe} > {log}"
+        " && python -m workflow_scripts.tool_step --stamp {input.stamp} --output {output.gguf}"
         " --log {log} {params.verify} --"
         " llama-quantize {params.args} {input.gguf} {{out}} {wildcards.quant} {threads}"
         " && python -m workflow_scripts.gguf_census --gguf {output.gguf} --quant {wildcards.quant}"

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from workflow_scripts.errors import UserError
-from workflow_scripts.gguf_census import Recipe, census, expected_base_type
+from workflow_scripts.gguf_census import Recipe, census, expected_base_type, preflight
 from workflow_scripts.llama_tools import parse_quantize_fallbacks, parse_quantize_overrides, parse_quantize_tensors
 
 FIXTURES = Path(__file__).parent / "fixtures" / "quantize"
@@ -96,3 +96,15 @@ def test_bits_per_weight_from_tensor_sizes(tiny_f16, toolchain_bin, tmp_path):
     assert 15.9 < f16["bits_per_weight"] <= 32
     assert 8.5 <= results["Q8_0"]["bits_per_weight"] < 9.5  # norms stay F32 in this tiny model
     assert results["Q4_K_M"]["bits_per_weight"] < results["Q8_0"]["bits_per_weight"]
+
+
+@pytest.mark.toolchain
+def test_preflight_refuses_an_output_type_llama_quantize_would_abort_on(tiny_f16):
+    # The tiny model's rows are 64 values: Q6_K (block 256) cannot hold them, and llama-quantize
+    # applies --output-tensor-type without its fallback (it aborted with "double free" here).
+    with pytest.raises(UserError, match=r"quant_options.Q4_K_M.output_tensor_type: Q6_K needs rows that are a "
+                                        r"multiple of 256 values, but output.weight of tiny-F16.gguf has 64"):
+        preflight(tiny_f16, Recipe("Q4_K_M", output_tensor_type="Q6_K"))
+    with pytest.raises(UserError, match="token_embedding_type"):
+        preflight(tiny_f16, Recipe("Q4_K_M", token_embedding_type="IQ4_XS"))
+    preflight(tiny_f16, Recipe("Q4_K_M", [("attn_v", "Q6_K")], "Q8_0", "Q8_0"))  # overrides fall back: fine

@@ -101,6 +101,30 @@ def classify(name: str, info: TensorInfo, recipe: Recipe, base: str, fallbacks: 
     return ("requested" if info.type == base else "recipe_mix"), {}
 
 
+def preflight(reference: Path, recipe: Recipe) -> None:
+    """Refuse explicit output/embedding types the reference's row length cannot take.
+
+    llama-quantize applies --output-tensor-type and --token-embedding-type without its row-size
+    fallback and aborts mid-file (seen with Q6_K on 64 columns); say so before it runs.
+    """
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    tensors = read_tensor_types(reference)
+    explicit = (("output.weight", "output_tensor_type", recipe.output_tensor_type),
+                ("token_embd.weight", "token_embedding_type", recipe.token_embedding_type))
+    for name, option, ttype in explicit:
+        if not ttype or name not in tensors:
+            continue
+        block = GGML_QUANT_SIZES[GGMLQuantizationType[ttype.upper()]][0]
+        ncols = tensors[name].shape[0]
+        if ncols % block:
+            raise UserError(
+                f"quant_options.{recipe.quant}.{option}: {ttype.upper()} needs rows that are a multiple of "
+                f"{block} values, but {name} of {Path(reference).name} has {ncols}; llama-quantize would "
+                "abort. Choose a type whose block divides the row length (e.g. Q8_0, block 32)"
+            )
+
+
 def census(gguf_path: Path, recipe: Recipe, quantize_log: str) -> dict[str, Any]:
     """Tensor-type census of a quantized GGUF checked against its recipe; raises on ignored overrides."""
     base = expected_base_type(recipe.quant)
@@ -143,16 +167,23 @@ def census(gguf_path: Path, recipe: Recipe, quantize_log: str) -> dict[str, Any]
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--gguf", type=Path, required=True)
+    parser.add_argument("--preflight", type=Path, metavar="REFERENCE",
+                        help="only check the recipe against this reference GGUF, before quantizing")
+    parser.add_argument("--gguf", type=Path)
     parser.add_argument("--quant", required=True)
     parser.add_argument("--tensor-type", action="append", default=[], metavar="PATTERN=TYPE")
     parser.add_argument("--output-tensor-type")
     parser.add_argument("--token-embedding-type")
-    parser.add_argument("--quantize-log", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--quantize-log", type=Path)
+    parser.add_argument("--out", type=Path)
     ns = parser.parse_args(argv)
     recipe = Recipe(ns.quant, [tuple(t.split("=", 1)) for t in ns.tensor_type],
                     ns.output_tensor_type, ns.token_embedding_type)
+    if ns.preflight:
+        preflight(ns.preflight, recipe)
+        return
+    if not (ns.gguf and ns.quantize_log and ns.out):
+        parser.error("--gguf, --quantize-log and --out are required unless --preflight is given")
     result = census(ns.gguf, recipe, ns.quantize_log.read_text(errors="replace"))
     atomic_write_text(ns.out, json.dumps(result, indent=2) + "\n")
     print(f"{ns.gguf}: {result['bits_per_weight']} bits per weight, {result['classes']}")
