@@ -111,10 +111,9 @@ def gguf_to_reference(src: Path, dest: Path, outtype: str = "f16") -> dict[str, 
         writer = GGUFWriter(tmp, arch)
         _copy_fields(reader, writer)
         for tensor in reader.tensors:
-            target = targets[tensor.name]
-            nbytes = _converted_nbytes(tensor, target)
-            writer.add_tensor_info(tensor.name, _numpy_shape(tensor), np.dtype(np.float32 if target == GGMLQuantizationType.F32 else np.float16),
-                                   nbytes, raw_dtype=target)
+            dtype = np.dtype(np.float32 if targets[tensor.name] == GGMLQuantizationType.F32 else np.float16)
+            writer.add_tensor_info(tensor.name, _numpy_shape(tensor), dtype,
+                                   int(tensor.n_elements) * dtype.itemsize, raw_dtype=targets[tensor.name])
         _set_file_type(writer, FILE_TYPES[outtype])
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
@@ -134,12 +133,6 @@ def gguf_to_reference(src: Path, dest: Path, outtype: str = "f16") -> dict[str, 
 def _numpy_shape(tensor) -> tuple[int, ...]:
     """gguf-py stores shapes innermost-first; numpy order is the reverse."""
     return tuple(int(d) for d in reversed(tensor.shape))
-
-
-def _converted_nbytes(tensor, target) -> int:
-    from gguf import GGMLQuantizationType
-
-    return int(tensor.n_elements) * (4 if target == GGMLQuantizationType.F32 else 2)
 
 
 def _set_file_type(writer, value: int) -> None:
