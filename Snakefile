@@ -19,6 +19,7 @@ include: "rules/source.smk"
 include: "rules/convert.smk"
 include: "rules/imatrix.smk"
 include: "rules/quantize.smk"
+include: "rules/validate.smk"
 
 
 rule all:

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from workflow_scripts.toolchain import DETERMINISTIC_PATCH, PATCHED_FILE, apply_deterministic_patch, cmake_args  # noqa: E402
+from workflow_scripts.toolchain import DETERMINISTIC_FP, apply_patches, cmake_args  # noqa: E402
 
 SHAPES = {
     "135m": dict(layers=30, hidden=576, heads=9, kv_heads=3, ffn=1536, vocab=49152),
@@ -126,12 +126,12 @@ def main() -> None:
     parser.add_argument("--shape", choices=sorted(SHAPES), default="135m")
     ns = parser.parse_args()
     ns.work.mkdir(parents=True, exist_ok=True)
-    if DETERMINISTIC_PATCH in (ns.src / PATCHED_FILE).read_text():
+    if DETERMINISTIC_FP.text in (ns.src / DETERMINISTIC_FP.path).read_text():
         raise SystemExit(f"{ns.src} is already patched; give the unpatched llama.cpp tree")
     patched = ns.work / "src-patched"
     shutil.rmtree(patched, ignore_errors=True)
     shutil.copytree(ns.src, patched, symlinks=True)
-    apply_deterministic_patch(patched)
+    apply_patches(patched, (DETERMINISTIC_FP,))
     builds = {"with": ns.work / "build-with", "without": ns.work / "build-without"}
     for name, src in (("with", patched), ("without", ns.src)):
         seconds = build(src, builds[name], cmake_args("cpu", []), ns.jobs)

@@ -125,10 +125,29 @@ def model_quants(wildcards):
     return [f"results/{m}/quant/{m}-{q}.gguf" for q in MODELS[m].quants]
 
 
+def logits_output(path):
+    """The reference logits are large: temporary when evaluation.keep_reference_logits is false."""
+    return path if PLAN.evaluation["keep_reference_logits"] else temp(path)
+
+
+def evaluation_params():
+    ev = PLAN.evaluation
+    return f"-c {ev['ctx']} --chunks {ev['chunks']}"
+
+
+def model_metrics(wildcards):
+    return [f"results/{wildcards.model}/validate/{q}.json" for q in MODELS[wildcards.model].quants]
+
+
+def model_gates(wildcards):
+    return json.dumps(MODELS[wildcards.model].gates, sort_keys=True)
+
+
 def get_final_output():
-    outputs = []
+    outputs = ["results/quality.csv"]
     for name, plan in MODELS.items():
         outputs.append(f"results/{name}/SHA256SUMS")
+        outputs.append(f"results/{name}/validation_report.json")
         outputs += [f"results/{name}/quant/{name}-{q}.census.json" for q in plan.quants]
     return outputs
 

@@ -117,10 +117,42 @@ def test_only_stale_jobs_re_run(demo):
         path.write_text(yaml.safe_dump(config))
         return planned_jobs(workdir, path)
 
-    assert plan(quants=[*QUANTS, "Q4_0"]) == {"quantize": 1, "sha256sums": 1}
+    per_model = {"sha256sums": 1, "validation_report": 1, "quality_table": 1}
+    assert plan(quants=[*QUANTS, "Q4_0"]) == {"quantize": 1, "validate_quant": 1, **per_model}
     new_text = workdir / "calibration-v2.txt"
     new_text.write_text(CALIBRATION.read_text() + "\nOne more paragraph for the importance matrix.\n")
     assert plan(calibration={"text": str(new_text)}) == {
-        "calibration_text": 1, "tokenizer_parity": 1, "imatrix": 1, "quantize": len(QUANTS), "sha256sums": 1}
+        "calibration_text": 1, "tokenizer_parity": 1, "imatrix": 1, "quantize": len(QUANTS),
+        "validate_quant": len(QUANTS), **per_model}
     everything = plan(toolchain={"llama_cpp_python_version": "0.3.35"})
     assert everything["toolchain"] == 1 and everything["convert"] == 1 and everything["quantize"] == len(QUANTS)
+
+
+def test_every_quant_is_measured_and_judged(demo):
+    workdir, _, _ = demo
+    report = json.loads((workdir / "results" / MODEL / "validation_report.json").read_text())
+    quants = report["quants"]
+    assert set(quants) == set(QUANTS)
+    assert quants["Q8_0"]["verdict"] == "passed" and quants["Q8_0"]["gate"]["max_mean_kld"] == 0.01
+    assert quants["Q8_0"]["kld_mean"] < quants["Q4_K_M"]["kld_mean"] < quants["Q3_K_M"]["kld_mean"]
+    assert 0 <= quants["Q8_0"]["delta_ppl_pct"] < quants["Q4_K_M"]["delta_ppl_pct"]
+    assert report["reference"]["chunks"] == 10 and report["reference"]["ppl"] > 1
+    for quant in QUANTS:
+        assert (quants[quant]["verdict"] == "failed") == bool(quants[quant]["reasons"])
+    table = (workdir / "results" / "quality.csv").read_text().splitlines()
+    assert len(table) == 1 + len(QUANTS) and table[1].startswith(f"{MODEL},Q8_0,passed,")
+    logits = workdir / "results" / MODEL / "validate" / f"{MODEL}-reference.logits"
+    assert logits.stat().st_size > 100_000_000  # kept for later quants (keep_reference_logits)
+
+
+def test_a_gate_change_rejudges_without_remeasuring(demo):
+    workdir, _, _ = demo
+    config = write_config(workdir, {"calibration": {"text": str(CALIBRATION)},
+                                    "gates": {"per_quant": {"Q4_K_M": {"max_mean_kld": 0.001}}}}, "tight-gate.yaml")
+    assert planned_jobs(workdir, config) == {"validation_report": 1, "quality_table": 1}
+    snakemake(workdir, config)
+    report = json.loads((workdir / "results" / MODEL / "validation_report.json").read_text())
+    q4 = report["quants"]["Q4_K_M"]
+    assert q4["verdict"] == "failed" and q4["reasons"][0].startswith("mean KLD 0.0") and q4["reasons"][0].endswith("> 0.001")
+    assert "Q4_K_M" in report["failed"] and "Q8_0" in report["passed"]
+    assert f"{MODEL},Q4_K_M,failed," in (workdir / "results" / "quality.csv").read_text()

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from workflow_scripts.errors import UserError
-from workflow_scripts.toolchain import TOOLS, apply_deterministic_patch, build_key, cmake_args, describe
+from workflow_scripts.toolchain import DETERMINISTIC_FP, TOOLS, apply_patches, build_key, cmake_args, describe
 
 
 def test_cache_key_changes_with_version_backend_and_flags():
@@ -26,8 +26,8 @@ def test_quantization_code_is_built_with_deterministic_floating_point(tmp_path):
     cmake = tmp_path / "ggml" / "src" / "CMakeLists.txt"
     cmake.parent.mkdir(parents=True)
     cmake.write_text("add_library(ggml-base ggml-quants.c)\n")
-    apply_deterministic_patch(tmp_path)
-    apply_deterministic_patch(tmp_path)  # idempotent
+    apply_patches(tmp_path, (DETERMINISTIC_FP,))
+    apply_patches(tmp_path, (DETERMINISTIC_FP,))  # idempotent
     text = cmake.read_text()
     assert text.count("target_compile_options(ggml-base PRIVATE") == 1 and "-ffp-contract=off" in text
     args = cmake_args("cpu", [])
@@ -58,6 +58,7 @@ def test_stamp_records_commit_flags_and_binary_digests(toolchain_stamp, toolchai
     assert len(stamp["llama_cpp_commit"]) == 40
     assert stamp["llama_cpp_python_version"] == "0.3.36"
     assert stamp["deterministic_fp"] == "ggml-base (quantization code) compiled with -ffp-contract=off"
+    assert "common logger flushed at exit, so no tool output line is lost" in stamp["source_patches"]
     patched = (toolchain_bin.parent.parent / "src" / "ggml" / "src" / "CMakeLists.txt").read_text()
     assert "target_compile_options(ggml-base PRIVATE $<$<COMPILE_LANGUAGE:C,CXX>:-ffp-contract=off>)" in patched
     digest = subprocess.run(["sha256sum", str(toolchain_bin / "llama-quantize")], capture_output=True,

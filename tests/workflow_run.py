@@ -13,8 +13,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 
 
-def write_config(workdir: Path, config: dict) -> Path:
-    path = workdir / "config.yaml"
+def write_config(workdir: Path, config: dict, name: str = "config.yaml") -> Path:
+    path = workdir / name
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 

@@ -40,3 +40,22 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     run_cli(main)
+
+
+SHINGLE_WORDS = 8
+
+
+def shingles(text: str, n: int = SHINGLE_WORDS) -> set[tuple[str, ...]]:
+    """Every run of ``n`` consecutive words (lower-cased), the unit of the overlap check."""
+    words = text.lower().split()
+    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+def overlap_fraction(calibration: str, evaluation: str) -> float:
+    """Share of the evaluation text's 8-word sequences that also occur in the calibration text.
+
+    Evaluating on text the imatrix was computed on flatters the quant; a few shared boilerplate
+    phrases are harmless, whole shared paragraphs are not.
+    """
+    held_out = shingles(evaluation)
+    return len(held_out & shingles(calibration)) / len(held_out) if held_out else 0.0

@@ -41,6 +41,7 @@ class ModelPlan:
     imatrix: bool
     quantize_args: dict[str, tuple[str, ...]] = field(default_factory=dict)
     recipe_args: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    gates: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class Plan:
     """The checked configuration: global settings plus one ModelPlan per model name."""
 
     toolchain: dict[str, Any]
+    evaluation: dict[str, Any]
     reference_type: str
     verify_inputs: bool
     models: dict[str, ModelPlan]
@@ -113,6 +115,29 @@ def _check_file(path_text: str, where: str, source_name: str, base: Path, kind: 
                     f"(looked in {' and '.join(map(str, candidates))})")
 
 
+def gate_for(quant: str, gates: dict, schema: dict) -> dict[str, float]:
+    """Thresholds for one quant type: gates.default, then the built-in table, then the user's entry."""
+    builtin = schema["properties"]["gates"]["properties"]["per_quant"]["default"]
+    return {**gates["default"], **builtin.get(quant, {}), **gates.get("per_quant", {}).get(quant, {})}
+
+
+def check_overlap(calibration: str, evaluation: str, limit: float, where: str, source_name: str, base: Path) -> None:
+    """Refuse an evaluation text that repeats the calibration text (it would flatter every quant)."""
+    from workflow_scripts.calibration import overlap_fraction, read_text
+
+    texts = []
+    for path in (calibration, evaluation):
+        try:
+            texts.append(read_text(base / path))
+        except UserError as err:
+            raise UserError(f"{source_name}: {where}: {err}") from None
+    share = overlap_fraction(*texts)
+    if share > limit:
+        raise UserError(f"{source_name}: {where}: {share:.1%} of the evaluation text {evaluation!r} also occurs in "
+                        f"the calibration text {calibration!r}; expected at most {limit:.1%} "
+                        "(evaluation.max_overlap): use held-out text")
+
+
 def _calibration(global_cal: dict, model_cal: dict | None) -> dict:
     return {key: (model_cal or {}).get(key, global_cal[key]) for key in CALIBRATION_KEYS}
 
@@ -132,7 +157,8 @@ def quantize_args(options: dict[str, Any], include_extra: bool = True) -> tuple[
     return tuple(args + (list(options.get("extra_args", [])) if include_extra else []))
 
 
-def _check_model(index: int, model: dict, config: dict, source_name: str, base: Path) -> ModelPlan:
+def _check_model(index: int, model: dict, config: dict, source_name: str, base: Path, schema: dict,
+                 overlaps: dict) -> ModelPlan:
     where = f"models[{index}]"
     name = model["name"]
     if ".." in name:
@@ -152,6 +178,9 @@ def _check_model(index: int, model: dict, config: dict, source_name: str, base: 
     calibration = _calibration(config["calibration"], model.get("calibration"))
     cal_field = f"{where}.calibration.text" if "text" in model.get("calibration", {}) else "calibration.text"
     calibration["text"] = _check_file(calibration["text"], cal_field, source_name, base)
+    key = (calibration["text"], config["evaluation"]["text"])
+    if key not in overlaps:  # many models share one pair of texts: read them once
+        overlaps[key] = check_overlap(*key, config["evaluation"]["max_overlap"], cal_field, source_name, base)
     imatrix = model.get("imatrix", config["imatrix"])
     quants = tuple(model.get("quants", config["quants"]))
     args, recipes = {}, {}
@@ -167,8 +196,9 @@ def _check_model(index: int, model: dict, config: dict, source_name: str, base: 
             )
         args[quant] = quantize_args(options)
         recipes[quant] = quantize_args(options, include_extra=False)
+    gates = {quant: gate_for(quant, config["gates"], schema) for quant in quants}
     return ModelPlan(name=name, source=source, quants=quants, calibration=calibration,
-                     imatrix=imatrix, quantize_args=args, recipe_args=recipes)
+                     imatrix=imatrix, quantize_args=args, recipe_args=recipes, gates=gates)
 
 
 def build_plan(config: dict, source_name: str = "config", base: Path | str = ".") -> Plan:
@@ -181,6 +211,9 @@ def build_plan(config: dict, source_name: str = "config", base: Path | str = "."
         raise UserError(message)
     fill_defaults(config)
     base = Path(base)
+    evaluation = config["evaluation"]
+    evaluation["text"] = _check_file(evaluation["text"], "evaluation.text", source_name, base)
+    overlaps: dict = {}
     seen: dict[str, int] = {}
     models = {}
     for index, model in enumerate(config["models"]):
@@ -190,9 +223,9 @@ def build_plan(config: dict, source_name: str = "config", base: Path | str = "."
                 f"models[{seen[model['name']]}]; expected unique model names"
             )
         seen[model["name"]] = index
-        models[model["name"]] = _check_model(index, model, config, source_name, base)
+        models[model["name"]] = _check_model(index, model, config, source_name, base, schema, overlaps)
     toolchain = config["toolchain"]
     if toolchain.get("build_dir"):
         _check_file(toolchain["build_dir"], "toolchain.build_dir", source_name, base, "directory")
-    return Plan(toolchain=toolchain, reference_type=config["reference_type"],
+    return Plan(toolchain=toolchain, evaluation=evaluation, reference_type=config["reference_type"],
                 verify_inputs=config["verify_inputs"], models=models)

@@ -91,3 +91,64 @@ def parse_quantize_fallbacks(text: str) -> dict[str, Fallback]:
 def parse_quantize_overrides(text: str) -> dict[str, str]:
     """Tensors llama-quantize says it gave a user override type, by name."""
     return {m["name"]: m["override"].upper() for m in _OVERRIDE.finditer(text)}
+
+
+# ---------------------------------------------------------------- llama-perplexity
+
+_FINAL_PPL = re.compile(r"Final estimate: PPL = (?P<ppl>[\d.]+) \+/- (?P<err>[\d.]+)")
+# "Mean PPL(Q)                   :   9.806012 ±   0.527039", "Same top p: 91.882 ± 0.541 %"
+_STAT = re.compile(r"^(?P<label>[^:=\[]+?)\s*:\s*(?P<value>-?[\d.]+)\s*(?:±\s*(?P<err>[\d.]+))?\s*%?\s*$")
+_CHUNKS = re.compile(r"(?:calculating perplexity|kl_divergence: computing) over (?P<n>\d+) chunks, n_ctx=(?P<ctx>\d+)")
+
+KLD_FIELDS = {
+    # label in llama-perplexity's statistics blocks -> (key, has error)
+    "Mean PPL(Q)": "ppl",
+    "Mean PPL(base)": "ppl_base",
+    "Mean PPL(Q)/PPL(base)": "ppl_ratio",
+    "Mean KLD": "kld_mean",
+    "Maximum KLD": "kld_max",
+    "99.0% KLD": "kld_p99",
+    "99.9% KLD": "kld_p99_9",
+    "Median KLD": "kld_median",
+    "RMS Δp": "rms_dp_pct",
+    "Same top p": "same_top_pct",
+}
+
+
+def parse_statistics(text: str) -> dict[str, tuple[float, float | None]]:
+    """Every 'label : value [± error]' line of llama-perplexity's statistics blocks."""
+    found = {}
+    for line in text.splitlines():
+        match = _STAT.match(line.strip())
+        if match:
+            label = " ".join(match["label"].split())
+            found[label] = (float(match["value"]), float(match["err"]) if match["err"] else None)
+    return found
+
+
+def parse_perplexity_base(text: str) -> dict[str, float]:
+    """PPL ± error of a plain (or --kl-divergence-base) llama-perplexity run."""
+    match = _FINAL_PPL.search(text)
+    if not match:
+        raise ValueError("no 'Final estimate: PPL = ...' line in llama-perplexity output")
+    chunks = _CHUNKS.search(text)
+    return {"ppl": float(match["ppl"]), "ppl_error": float(match["err"]),
+            "chunks": int(chunks["n"]) if chunks else None, "ctx": int(chunks["ctx"]) if chunks else None}
+
+
+def parse_kl_divergence(text: str) -> dict[str, float | None]:
+    """PPL, KLD and token-probability figures of a --kl-divergence run (text only on stdout)."""
+    stats = parse_statistics(text)
+    missing = [label for label in KLD_FIELDS if label not in stats]
+    if missing:
+        raise ValueError(f"llama-perplexity --kl-divergence output lacks {', '.join(missing)}")
+    result: dict[str, float | None] = {}
+    for label, key in KLD_FIELDS.items():
+        value, error = stats[label]
+        result[key] = value
+        if error is not None:
+            result[f"{key}_error"] = error
+    result["delta_ppl_pct"] = round((result["ppl_ratio"] - 1) * 100, 4)
+    chunks = _CHUNKS.search(text)
+    result["chunks"] = int(chunks["n"]) if chunks else None
+    return result

@@ -21,6 +21,7 @@ import sys
 import tarfile
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from workflow_scripts.atomic import atomic_write_text
@@ -37,16 +38,40 @@ TOOLS = (
 )
 """Executables the workflow drives; all must exist in ``<build>/bin``."""
 
+DETERMINISTIC_FLAGS = "-ffp-contract=off"
+
+
+@dataclass(frozen=True)
+class SourcePatch:
+    """Text appended to one file of the vendored llama.cpp before building (recorded in the stamp)."""
+
+    path: str
+    text: str
+    why: str
+
+
 # Deterministic floating point for reproducible quants: without it the compiler may contract
 # a*b+c into FMA where the target has it (baseline on aarch64), and some quant types then differ
 # across machines. Only ggml-base, which holds the quantization code (ggml-quants.c), gets the
 # flag: the inference kernels in ggml-cpu/ggml-cuda are compiled exactly as upstream does.
-DETERMINISTIC_FLAGS = "-ffp-contract=off"
-DETERMINISTIC_PATCH = (
+DETERMINISTIC_FP = SourcePatch(
+    "ggml/src/CMakeLists.txt",
     "\n# gguf-forge: deterministic floating point in the quantization code (reproducible quants)\n"
-    f"target_compile_options(ggml-base PRIVATE $<$<COMPILE_LANGUAGE:C,CXX>:{DETERMINISTIC_FLAGS}>)\n"
+    f"target_compile_options(ggml-base PRIVATE $<$<COMPILE_LANGUAGE:C,CXX>:{DETERMINISTIC_FLAGS}>)\n",
+    f"ggml-base (quantization code) compiled with {DETERMINISTIC_FLAGS}",
 )
-PATCHED_FILE = "ggml/src/CMakeLists.txt"
+# The tools log through an asynchronous logger that upstream leaks on purpose, so the last lines
+# can be lost at exit (llama.cpp issue 22142) — among them llama-perplexity's KL-divergence
+# statistics, which exist only as text. Flushing it at normal exit makes the output complete.
+LOG_FLUSH = SourcePatch(
+    "common/log.cpp",
+    "\n// gguf-forge: flush queued log lines at normal exit (the tools' figures are parsed from them)\n"
+    "#include <cstdlib>\n#if !defined(_WIN32)\nnamespace {\nstruct gguf_forge_flush_log_at_exit {\n"
+    "    gguf_forge_flush_log_at_exit() { std::atexit([] { common_log_pause(common_log_main()); }); }\n"
+    "} gguf_forge_flush_log_at_exit_instance;\n}\n#endif\n",
+    "common logger flushed at exit, so no tool output line is lost",
+)
+PATCHES = (DETERMINISTIC_FP, LOG_FLUSH)
 
 BACKEND_ARGS = {
     "cpu": [],
@@ -84,7 +109,7 @@ def cmake_args(backend: str, extra: list[str], cuda_architectures: str | None = 
 
 def build_key(version: str, backend: str, args: list[str]) -> str:
     """Directory name of a build: readable prefix plus a hash of the exact configuration."""
-    digest = hashlib.sha256(json.dumps([version, backend, args, DETERMINISTIC_PATCH]).encode()).hexdigest()[:12]
+    digest = hashlib.sha256(json.dumps([version, backend, args, [p.text for p in PATCHES]]).encode()).hexdigest()[:12]
     return f"{version}-{backend}-{digest}"
 
 
@@ -111,12 +136,13 @@ def ensure_sdist(version: str, cache: Path, log) -> Path:
     return expected
 
 
-def apply_deterministic_patch(src: Path) -> None:
-    """Compile ggml-base (the quantization code) with deterministic floating point."""
-    target = src / PATCHED_FILE
-    text = target.read_text()
-    if DETERMINISTIC_PATCH not in text:
-        target.write_text(text + DETERMINISTIC_PATCH)
+def apply_patches(src: Path, patches: tuple[SourcePatch, ...] = PATCHES) -> None:
+    """Append each patch to its file once (idempotent)."""
+    for patch in patches:
+        target = src / patch.path
+        text = target.read_text()
+        if patch.text not in text:
+            target.write_text(text + patch.text)
 
 
 def _extract_llama_cpp(sdist: Path, dest: Path) -> str:
@@ -131,7 +157,7 @@ def _extract_llama_cpp(sdist: Path, dest: Path) -> str:
         head = Path(tmp, prefix, ".git/modules/vendor/llama.cpp/HEAD")
         if head.exists():
             commit = head.read_text().strip()
-        apply_deterministic_patch(Path(tmp, prefix, "vendor/llama.cpp"))
+        apply_patches(Path(tmp, prefix, "vendor/llama.cpp"))
         os.replace(Path(tmp, prefix, "vendor/llama.cpp"), dest)
     (dest / ".forge-commit").write_text(commit + "\n")
     return commit
@@ -170,7 +196,8 @@ def ensure_build(version: str, backend: str, extra_args: list[str], jobs: int, l
             "llama_cpp_commit": commit,
             "backend": backend,
             "cmake_args": args,
-            "deterministic_fp": f"ggml-base (quantization code) compiled with {DETERMINISTIC_FLAGS}",
+            "deterministic_fp": DETERMINISTIC_FP.why,
+            "source_patches": [p.why for p in PATCHES],
             "build_seconds": round(time.monotonic() - started, 1),
             "jobs": jobs,
         }
