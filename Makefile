@@ -23,4 +23,5 @@ run: install
 	$(BIN)/snakemake --cores $(CORES)
 
 test: install
+	$(BIN)/ruff check workflow_scripts tests benchmarks
 	$(BIN)/python -m pytest

@@ -139,6 +139,14 @@ def model_metrics(wildcards):
     return [f"results/{wildcards.model}/validate/{q}.json" for q in MODELS[wildcards.model].quants]
 
 
+def model_sanity(wildcards):
+    return [f"results/{wildcards.model}/validate/{q}.sanity.json" for q in MODELS[wildcards.model].quants]
+
+
+def sanity_settings():
+    return json.dumps(config["sanity"], sort_keys=True)
+
+
 def model_gates(wildcards):
     return json.dumps(MODELS[wildcards.model].gates, sort_keys=True)
 

@@ -45,10 +45,48 @@ rule validate_quant:
         " --logits {input.logits} --census {input.census} --threads {threads} --log {log} --out {output}"
 
 
+rule sanity_reference:
+    input:
+        unpack(reference_inputs),
+        stamp=STAMP,
+    output:
+        "results/{model}/validate/reference.sanity.json",
+    log:
+        "results/logs/sanity/{model}-reference.log",
+    benchmark:
+        "results/benchmarks/sanity/{model}-reference.tsv"
+    params:
+        settings=sanity_settings(),
+    threads: 4
+    shell:
+        "python -m workflow_scripts.sanity --stamp {input.stamp} --gguf {input.gguf}"
+        " --settings-json {params.settings:q} --threads {threads} --out {output} > {log} 2>&1"
+
+
+rule sanity_quant:
+    input:
+        stamp=STAMP,
+        gguf="results/{model}/quant/{model}-{quant}.gguf",
+        reference="results/{model}/validate/reference.sanity.json",
+    output:
+        "results/{model}/validate/{quant}.sanity.json",
+    log:
+        "results/logs/sanity/{model}-{quant}.log",
+    benchmark:
+        "results/benchmarks/sanity/{model}-{quant}.tsv"
+    params:
+        settings=sanity_settings(),
+    threads: 4
+    shell:
+        "python -m workflow_scripts.sanity --stamp {input.stamp} --gguf {input.gguf} --reference {input.reference}"
+        " --settings-json {params.settings:q} --threads {threads} --out {output} > {log} 2>&1"
+
+
 rule validation_report:
     input:
         reference="results/{model}/validate/reference.json",
         metrics=model_metrics,
+        sanity=model_sanity,
     output:
         "results/{model}/validation_report.json",
     log:
@@ -59,7 +97,7 @@ rule validation_report:
         gates=model_gates,
     shell:
         "python -m workflow_scripts.validate report --model {wildcards.model} --reference {input.reference}"
-        " --metrics {input.metrics} --gates-json {params.gates:q} --out {output} > {log} 2>&1"
+        " --metrics {input.metrics} --sanity {input.sanity} --gates-json {params.gates:q} --out {output} > {log} 2>&1"
 
 
 rule quality_table:

@@ -118,12 +118,12 @@ def test_only_stale_jobs_re_run(demo):
         return planned_jobs(workdir, path)
 
     per_model = {"sha256sums": 1, "validation_report": 1, "quality_table": 1}
-    assert plan(quants=[*QUANTS, "Q4_0"]) == {"quantize": 1, "validate_quant": 1, **per_model}
+    assert plan(quants=[*QUANTS, "Q4_0"]) == {"quantize": 1, "validate_quant": 1, "sanity_quant": 1, **per_model}
     new_text = workdir / "calibration-v2.txt"
     new_text.write_text(CALIBRATION.read_text() + "\nOne more paragraph for the importance matrix.\n")
     assert plan(calibration={"text": str(new_text)}) == {
         "calibration_text": 1, "tokenizer_parity": 1, "imatrix": 1, "quantize": len(QUANTS),
-        "validate_quant": len(QUANTS), **per_model}
+        "validate_quant": len(QUANTS), "sanity_quant": len(QUANTS), **per_model}
     everything = plan(toolchain={"llama_cpp_python_version": "0.3.35"})
     assert everything["toolchain"] == 1 and everything["convert"] == 1 and everything["quantize"] == len(QUANTS)
 
@@ -139,6 +139,10 @@ def test_every_quant_is_measured_and_judged(demo):
     assert report["reference"]["chunks"] == 10 and report["reference"]["ppl"] > 1
     for quant in QUANTS:
         assert (quants[quant]["verdict"] == "failed") == bool(quants[quant]["reasons"])
+        assert quants[quant]["sanity"]["passed"], quants[quant]["sanity"]
+    # Q8_0 continues the prompts almost exactly as the reference does; Q3_K_M drifts sooner.
+    assert quants["Q8_0"]["sanity"]["mean_same_first_tokens"] >= quants["Q3_K_M"]["sanity"]["mean_same_first_tokens"]
+    assert quants["Q8_0"]["sanity"]["mean_same_first_tokens"] >= 8
     table = (workdir / "results" / "quality.csv").read_text().splitlines()
     assert len(table) == 1 + len(QUANTS) and table[1].startswith(f"{MODEL},Q8_0,passed,")
     logits = workdir / "results" / MODEL / "validate" / f"{MODEL}-reference.logits"

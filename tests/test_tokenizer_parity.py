@@ -1,6 +1,5 @@
 """Tokenizer parity: the converted GGUF tokenizes like its source, and a wrong tokenizer is caught."""
 
-import json
 
 import pytest
 

@@ -116,3 +116,25 @@ def test_kl_divergence_output_is_complete_every_time(tiny_f16, toolchain_bin, to
             proc.kill()
     assert all(r["chunks"] == 4 and r["same_top_pct"] > 50 for r in results)
     assert len({r["kld_mean"] for r in results}) == 1  # same inputs, same figures
+
+
+def test_repetition_and_agreement_measures():
+    from workflow_scripts.sanity import check, common_prefix, repetition_rate
+
+    assert repetition_rate([1, 2, 3, 4, 5, 6, 7, 8]) == 0.0
+    assert repetition_rate([7, 8] * 20) > 0.9
+    assert common_prefix([1, 2, 3, 9], [1, 2, 3, 4, 5]) == 3
+    loop = {"prompt": "p", "tokens": [5, 6] * 16, "text": "ab" * 16}
+    fine = {"prompt": "q", "tokens": list(range(32)), "text": "a sentence"}
+    empty = {"prompt": "r", "tokens": [], "text": ""}
+    result = check([fine, loop, empty], [fine, fine, fine], max_repetition=0.5)
+    assert not result["passed"]
+    assert result["problems"][0].startswith("repetition loop for prompt 2") and result["problems"][1] == "empty output for prompt 3"
+    assert [p["same_first_tokens"] for p in result["prompts"]] == [32, 0, 0]
+
+
+def test_failed_sanity_fails_the_quant():
+    report = model_report("m", {}, {"Q8_0": GOOD}, {"Q8_0": {"max_mean_kld": 0.01}},
+                          {"Q8_0": {"passed": False, "problems": ["empty output for prompt 1"], "mean_same_first_tokens": 0}})
+    assert report["quants"]["Q8_0"]["verdict"] == "failed"
+    assert report["quants"]["Q8_0"]["reasons"] == ["sanity: empty output for prompt 1"]

@@ -10,8 +10,11 @@ file are relative to it, not to the original weights.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import importlib.util
 import json
+import os
+import re
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -19,15 +22,18 @@ from typing import Any
 
 import numpy as np
 
-from workflow_scripts.atomic import atomic_output, atomic_write_text
+from workflow_scripts.atomic import atomic_output, atomic_write_text, partial_path
 from workflow_scripts.checksums import sha256_file
 from workflow_scripts.errors import UserError, run_cli
 
 GGUF_MAGIC = b"GGUF"
 SAFETENSORS_PATTERNS = ["*.safetensors", "*.json", "tokenizer.model", "*.tiktoken", "*.txt", "*.py"]
-PICKLE_PATTERNS = ["*.bin", "*.pt", "*.pth"]
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
+PICKLE_PATTERNS = [f"*{s}" for s in PICKLE_SUFFIXES]
 # llama.cpp file types (llama_ftype) written into general.file_type of the reference.
 FILE_TYPES = {"F16": 1, "BF16": 32}
+FLOAT_TYPES = ("F32", "F16", "BF16")
+COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
 
 
 # ---------------------------------------------------------------- GGUF sources
@@ -47,11 +53,17 @@ def resolve_gguf_path(source: dict[str, Any]) -> Path:
     return path
 
 
-def check_gguf_file(path: Path):
-    """Open ``path`` as a complete GGUF and return its reader; UserError if it is not one."""
+def check_gguf_file(path: Path | str):
+    """Open ``path`` as a complete GGUF and return its (memory-mapped) reader; UserError if not one.
+
+    Checks the magic, lets gguf-py check the version and header, then that every tensor's data
+    lies inside the file: a download cut short is the usual damage and reads as garbage otherwise.
+    """
     from gguf import GGUFReader
 
     path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: GGUF file does not exist")
     with open(path, "rb") as handle:
         magic = handle.read(4)
     if magic != GGUF_MAGIC:
@@ -69,19 +81,31 @@ def check_gguf_file(path: Path):
 
 
 def _copy_fields(reader, writer) -> None:
-    """Copy every key/value of ``reader`` to ``writer`` in order, except the virtual GGUF.* keys."""
+    """Copy every key/value of ``reader`` to ``writer``, in the source's order.
+
+    The virtual ``GGUF.*`` fields (header) are not keys. ``general.architecture`` is added by the
+    writer itself, so the dict is re-ordered afterwards to match the source exactly.
+    """
     from gguf import GGUFValueType
 
+    order = []
     for key, field in reader.fields.items():
-        if key.startswith("GGUF.") or key == "general.architecture":
-            continue  # the writer adds the header and the architecture itself
+        if key.startswith("GGUF."):
+            continue
+        order.append(key)
+        if key == "general.architecture":
+            continue
         vtype = field.types[0]
         sub_type = field.types[-1] if vtype == GGUFValueType.ARRAY else None
         writer.add_key_value(key, field.contents(), vtype, sub_type=sub_type)
+        if key == "general.alignment":  # the writer must pad as the copied key says
+            writer.data_alignment = int(field.contents())
+    kv = writer.kv_data[0]
+    writer.kv_data[0] = {key: kv[key] for key in order if key in kv} | kv
 
 
 def reference_tensor_type(tensor, outtype: str):
-    """F32 stays F32, 1-D tensors (norms) become F32, everything else the reference type."""
+    """F32 stays F32, 1-D tensors (norms) become F32 (as convert_hf_to_gguf.py does), the rest ``outtype``."""
     from gguf import GGMLQuantizationType
 
     if tensor.tensor_type == GGMLQuantizationType.F32 or len(tensor.shape) == 1:
@@ -89,19 +113,34 @@ def reference_tensor_type(tensor, outtype: str):
     return GGMLQuantizationType[outtype]
 
 
-def gguf_to_reference(src: Path, dest: Path, outtype: str = "f16") -> dict[str, Any]:
-    """Write the ``outtype`` reference of GGUF ``src`` to ``dest`` (atomically); return the record.
+def _record_note(source_types: Counter, outtype: str) -> str:
+    quantized = sorted(k for k in source_types if k not in FLOAT_TYPES)
+    if quantized:
+        return (f"the {outtype} reference is a dequantized {'/'.join(quantized)} GGUF: quality figures are "
+                "measured against it, not against the original full-precision weights")
+    floats = "/".join(sorted(k for k in source_types if k not in ("F32", outtype)))
+    return f"the {outtype} reference is the source's {floats} weights rounded to {outtype}"
 
-    Tensors are converted one at a time, so memory stays at one tensor, not the model.
+
+def gguf_to_reference(src: Path | str, dest: Path | str, outtype: str = "f16") -> dict[str, Any]:
+    """Write the ``outtype`` (f16/bf16) reference of GGUF ``src`` to ``dest`` atomically; return the record.
+
+    A source already of the reference types everywhere is copied byte for byte. Otherwise every
+    tensor is dequantized with gguf-py and rounded to the reference type, one tensor at a time
+    (the reader memory-maps the source), so memory stays at one tensor, not the model.
     """
     from gguf import GGMLQuantizationType, GGUFWriter
     from gguf.quants import dequantize, quantize
 
+    src, dest = Path(src), Path(dest)
     outtype = outtype.upper()
+    if outtype not in FILE_TYPES:
+        raise UserError(f"outtype {outtype!r}: expected one of {', '.join(FILE_TYPES)}")
     reader = check_gguf_file(src)
     source_types = Counter(t.tensor_type.name for t in reader.tensors)
     targets = {t.name: reference_tensor_type(t, outtype) for t in reader.tensors}
-    record: dict[str, Any] = {"source_types": dict(sorted(source_types.items())), "outtype": outtype}
+    record: dict[str, Any] = {"source_types": dict(sorted(source_types.items())), "outtype": outtype,
+                              "tensors": len(reader.tensors)}
     if all(t.tensor_type == targets[t.name] for t in reader.tensors):
         with atomic_output(dest) as tmp:
             shutil.copyfile(src, tmp)
@@ -119,15 +158,17 @@ def gguf_to_reference(src: Path, dest: Path, outtype: str = "f16") -> dict[str, 
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
         for tensor in reader.tensors:
-            values = dequantize(tensor.data, tensor.tensor_type).astype(np.float32)
+            try:
+                values = dequantize(tensor.data, tensor.tensor_type).astype(np.float32, copy=False)
+            except NotImplementedError:
+                raise UserError(f"{src}: tensor {tensor.name} has type {tensor.tensor_type.name}, which gguf-py "
+                                "cannot dequantize; expected a GGUF of F32/F16/BF16/Q4_0/Q4_1/Q5_x/Q8_0/K/IQ types, "
+                                "or give the model's HF-format weights instead") from None
             target = targets[tensor.name]
             data = values if target == GGMLQuantizationType.F32 else quantize(values, target)
             writer.write_tensor_data(data)
         writer.close()
-    kinds = "/".join(sorted(k for k in source_types if k not in ("F32", outtype)))
-    return {**record, "method": "dequantize",
-            "note": f"the {outtype} reference is a dequantized {kinds or outtype} GGUF: quality figures are "
-                    "measured against it, not against the original full-precision weights"}
+    return {**record, "method": "dequantize", "note": _record_note(source_types, outtype)}
 
 
 def _numpy_shape(tensor) -> tuple[int, ...]:
@@ -150,23 +191,32 @@ def _set_file_type(writer, value: int) -> None:
 
 
 def check_hf_dir(path: Path | str, allow_pickle: bool = False) -> list[Path]:
-    """The files of an HF-format directory that a conversion uses, after checking it is complete."""
+    """The files of an HF-format directory that a conversion uses, after checking it is complete.
+
+    Pickle weights (``*.bin``/``*.pt``) run code when loaded, so they count only with
+    ``allow_pickle``; they are left out of the list otherwise.
+    """
     path = Path(path)
     if not path.is_dir():
-        raise UserError(f"{path}: model directory does not exist")
+        raise UserError(f"{path}: model directory does not exist; expected an HF-format model directory")
     if not (path / "config.json").is_file():
         raise UserError(f"{path}: no config.json; expected an HF-format model directory")
     files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
     safetensors = [p for p in files if p.suffix == ".safetensors"]
-    pickles = [p for p in files if p.suffix in (".bin", ".pt", ".pth")]
+    pickles = [p for p in files if p.suffix in PICKLE_SUFFIXES]
     if not safetensors:
         if not pickles:
             raise UserError(f"{path}: no weights; expected *.safetensors files")
         if not allow_pickle:
             raise UserError(f"{path}: only pickle weights ({pickles[0].name}); unpickling runs code, so they are "
                             "refused unless the source sets allow_pickle: true")
-    for index in path.glob("*.index.json"):
-        shards = set(json.loads(index.read_text()).get("weight_map", {}).values())
+    for index in sorted(path.glob("*.index.json")):
+        if index.name.startswith("pytorch_model") and not allow_pickle:
+            continue  # names pickle shards that are not used
+        try:
+            shards = set(json.loads(index.read_text()).get("weight_map", {}).values())
+        except (json.JSONDecodeError, AttributeError):
+            raise UserError(f"{index}: not a valid index; expected JSON with a 'weight_map' object") from None
         missing = sorted(s for s in shards if not (path / s).is_file())
         if missing:
             raise UserError(f"{index}: names shard {missing[0]} which is missing from {path}")
@@ -177,15 +227,16 @@ def check_hf_dir(path: Path | str, allow_pickle: bool = False) -> list[Path]:
 
 
 def hub_allow_patterns(allow_pickle: bool) -> list[str]:
-    """Files fetched from a Hub repository: safetensors and metadata; pickles only when allowed."""
+    """Files fetched from a Hub repository: safetensors, json and tokenizer files; pickles only when allowed."""
     return SAFETENSORS_PATTERNS + (PICKLE_PATTERNS if allow_pickle else [])
 
 
 def check_hub_listing(repo_id: str, files: list[str], allow_pickle: bool) -> None:
     """Refuse a repository whose only weights are pickles (unless allowed), before downloading."""
-    if any(f.endswith(".safetensors") for f in files):
+    top = [f for f in files if "/" not in f]  # convert reads the top level only
+    if any(f.endswith(".safetensors") for f in top):
         return
-    pickles = [f for f in files if f.endswith((".bin", ".pt", ".pth"))]
+    pickles = [f for f in top if f.endswith(PICKLE_SUFFIXES)]
     if not pickles:
         raise UserError(f"hf repository {repo_id}: no *.safetensors weights in the repository")
     if not allow_pickle:
@@ -193,24 +244,53 @@ def check_hub_listing(repo_id: str, files: list[str], allow_pickle: bool) -> Non
                         "source sets allow_pickle: true (unpickling runs code)")
 
 
-def fetch_hub(repo_id: str, revision: str, dest: Path, allow_pickle: bool) -> str:
-    """Download ``repo_id`` at ``revision`` into ``dest``; return the resolved commit sha.
+def hub_token() -> str | bool:
+    """HF_TOKEN from the environment, or False: never a token cached on disk by another tool."""
+    return os.environ.get("HF_TOKEN") or False
+
+
+def fetch_hub(repo_id: str, revision: str, dest: Path | str, allow_pickle: bool = False) -> dict[str, Any]:
+    """Download ``repo_id`` at ``revision`` into ``dest``; return repo, requested and resolved revision.
 
     The revision is resolved to a commit first and the download pinned to it, so a branch that
-    moves during the download cannot mix two states. The token comes from HF_TOKEN only.
+    moves during the download cannot mix two states. Files land in a partial sibling directory
+    (kept on failure, so a retry resumes) that is renamed to ``dest`` when complete.
     """
     from huggingface_hub import HfApi, snapshot_download
-    from huggingface_hub.utils import HfHubHTTPError
+    from huggingface_hub.errors import HfHubHTTPError
 
+    dest = Path(dest)
+    token = hub_token()
+    where = f"hf repository {repo_id}@{revision}"
     try:
-        info = HfApi().model_info(repo_id, revision=revision, files_metadata=False)
+        info = HfApi().model_info(repo_id, revision=revision, files_metadata=False, token=token)
     except HfHubHTTPError as err:
         status = getattr(err.response, "status_code", "?")
-        raise UserError(f"hf repository {repo_id}@{revision}: the Hub answered {status}; check repo_id, "
-                        "revision, and HF_TOKEN for gated repositories") from None
+        raise UserError(f"{where}: the Hub answered {status}; check repo_id, revision, and HF_TOKEN for "
+                        "gated repositories") from None
+    except OSError as err:  # connection refused, DNS, timeouts (requests' errors are OSErrors)
+        raise UserError(f"{where}: the Hub could not be reached ({type(err).__name__}); check the network "
+                        "or HF_ENDPOINT") from None
+    if not info.sha:
+        raise UserError(f"{where}: the Hub returned no commit for this revision")
     check_hub_listing(repo_id, [s.rfilename for s in info.siblings or []], allow_pickle)
-    snapshot_download(repo_id, revision=info.sha, local_dir=dest, allow_patterns=hub_allow_patterns(allow_pickle))
-    return info.sha
+    partial = partial_path(dest)
+    try:
+        snapshot_download(repo_id, revision=info.sha, local_dir=partial,
+                          allow_patterns=hub_allow_patterns(allow_pickle), token=token)
+    except HfHubHTTPError as err:
+        status = getattr(err.response, "status_code", "?")
+        raise UserError(f"{where}: download failed, the Hub answered {status}; re-run to resume") from None
+    except OSError as err:
+        raise UserError(f"{where}: download failed ({type(err).__name__}); re-run to resume") from None
+    if dest.exists():
+        try:
+            dest.rmdir()  # an empty directory left by a scheduler; anything else is not ours to remove
+        except OSError:
+            raise UserError(f"{dest}: exists and is not empty; remove it to download {repo_id} again") from None
+    os.replace(partial, dest)
+    return {"repo_id": repo_id, "requested_revision": revision, "resolved_revision": info.sha,
+            "pinned": bool(COMMIT_SHA.fullmatch(revision))}
 
 
 # ---------------------------------------------------------------- manifests
@@ -220,25 +300,48 @@ def file_entry(path: Path) -> dict[str, Any]:
     return {"path": str(path), "sha256": sha256_file(path), "size": path.stat().st_size}
 
 
-def source_manifest(source: dict[str, Any], dest: Path | None = None) -> dict[str, Any]:
-    """Identity of the source and the digest of every file it provides."""
-    kind = source["type"]
+def _package_version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def source_manifest(source: dict[str, Any], dest: Path | str | None = None) -> dict[str, Any]:
+    """Identity of the source and the sha256 + size of every file it provides.
+
+    ``dest`` is where an ``hf`` source is downloaded to (required for that type only).
+    """
+    kind = source.get("type")
     manifest: dict[str, Any] = {"type": kind, "source": source}
     if kind == "gguf":
         path = resolve_gguf_path(source)
         check_gguf_file(path)
+        if "path" in source:
+            manifest["identity"] = {"path": str(path)}
+        else:
+            manifest["identity"] = {"package": source["package"], "file": source["file"],
+                                    "package_version": _package_version(source["package"])}
         manifest["files"] = [file_entry(path)]
         return manifest
+    allow_pickle = bool(source.get("allow_pickle", False))
     if kind == "hf":
         if dest is None:
-            raise UserError("sources manifest: an hf source needs --dest")
-        manifest["resolved_revision"] = fetch_hub(source["repo_id"], source["revision"], dest,
-                                                  source.get("allow_pickle", False))
-        directory = dest
-    else:
+            raise UserError("sources manifest: an hf source needs --dest (where to download it)")
+        hub = fetch_hub(source["repo_id"], source["revision"], Path(dest), allow_pickle)
+        manifest["identity"] = hub
+        manifest["resolved_revision"] = hub["resolved_revision"]
+        if not hub["pinned"]:
+            print(f"note: revision {source['revision']!r} of {source['repo_id']} resolved to commit "
+                  f"{hub['resolved_revision']}; pin that sha in the config to make the build reproducible")
+        directory = Path(dest)
+    elif kind == "local":
         directory = Path(source["path"])
+        manifest["identity"] = {"path": str(directory)}
+    else:
+        raise UserError(f"source.type: {kind!r}; expected one of gguf, local, hf")
     manifest["directory"] = str(directory)
-    manifest["files"] = [file_entry(p) for p in check_hf_dir(directory, source.get("allow_pickle", False))]
+    manifest["files"] = [file_entry(p) for p in check_hf_dir(directory, allow_pickle)]
     return manifest
 
 
@@ -246,11 +349,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     manifest = sub.add_parser("manifest", help="record (and for hf: download) a source")
-    manifest.add_argument("--source-json", required=True)
+    manifest.add_argument("--source-json", required=True, help="the source dict of the config, as JSON")
     manifest.add_argument("--out", type=Path, required=True)
-    manifest.add_argument("--dest", type=Path)
+    manifest.add_argument("--dest", type=Path, help="download directory (hf sources)")
     ns = parser.parse_args(argv)
-    result = source_manifest(json.loads(ns.source_json), ns.dest)
+    try:
+        source = json.loads(ns.source_json)
+    except json.JSONDecodeError as err:
+        raise UserError(f"--source-json: not valid JSON ({err})") from None
+    result = source_manifest(source, ns.dest)
     atomic_write_text(ns.out, json.dumps(result, indent=2, sort_keys=True) + "\n")
 
 

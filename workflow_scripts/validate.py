@@ -88,11 +88,18 @@ def kld_order_violations(quants: dict[str, dict]) -> list[str]:
     return found
 
 
-def model_report(model: str, reference: dict, metrics: dict[str, dict], gates: dict[str, dict]) -> dict[str, Any]:
+def model_report(model: str, reference: dict, metrics: dict[str, dict], gates: dict[str, dict],
+                 sanity: dict[str, dict] | None = None) -> dict[str, Any]:
+    """Every quant's figures, gate and verdict; a failed sanity generation fails the quant too."""
     quants = {}
     for quant, values in metrics.items():
         verdict, reasons = judge(values, gates[quant])
-        quants[quant] = {**values, "gate": gates[quant], "verdict": verdict, "reasons": reasons}
+        entry = {**values, "gate": gates[quant]}
+        if sanity is not None:
+            check = sanity[quant]
+            entry["sanity"] = {k: check[k] for k in ("passed", "problems", "mean_same_first_tokens")}
+            reasons += [f"sanity: {p}" for p in check["problems"]]
+        quants[quant] = {**entry, "verdict": "failed" if reasons else verdict, "reasons": reasons}
     return {
         "model": model,
         "reference": reference,
@@ -128,6 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     report.add_argument("--model", required=True)
     report.add_argument("--reference", type=Path, required=True)
     report.add_argument("--metrics", type=Path, nargs="+", required=True)
+    report.add_argument("--sanity", type=Path, nargs="+", help="<quant>.sanity.json files, in --metrics order")
     report.add_argument("--gates-json", required=True)
     report.add_argument("--out", type=Path, required=True)
     table = sub.add_parser("quality-table", help="quality.csv across models")
@@ -141,7 +149,8 @@ def main(argv: list[str] | None = None) -> None:
         result = quant_metrics(kld, json.loads(ns.census.read_text()), json.loads(ns.stamp.read_text()))
     elif ns.command == "report":
         metrics = {json.loads(p.read_text())["quant"]: json.loads(p.read_text()) for p in ns.metrics}
-        result = model_report(ns.model, json.loads(ns.reference.read_text()), metrics, json.loads(ns.gates_json))
+        sanity = ({quant: json.loads(p.read_text()) for quant, p in zip(metrics, ns.sanity)} if ns.sanity else None)
+        result = model_report(ns.model, json.loads(ns.reference.read_text()), metrics, json.loads(ns.gates_json), sanity)
     else:
         atomic_write_text(ns.out, quality_csv([json.loads(p.read_text()) for p in ns.reports]))
         return
