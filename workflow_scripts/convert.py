@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 from workflow_scripts.atomic import atomic_output, atomic_write_text
 from workflow_scripts.checksums import sha256_file, write_sidecar
 from workflow_scripts.errors import UserError, run_cli
-from workflow_scripts.tool_step import log_tail
+from workflow_scripts.tool_step import run_logged
 
 
 def verify_source_files(manifest_path: Path) -> dict:
@@ -43,16 +42,9 @@ def convert_hf(convert_script: str | None, hf_dir: Path, outtype: str, out: Path
             "toolchain.build_dir: no convert_hf_to_gguf.py found next to the build; HF-format "
             "sources need the llama.cpp source tree above build/bin"
         )
-    with atomic_output(out) as tmp, open(log, "a") as handle:
-        cmd = [sys.executable, convert_script, str(hf_dir), "--outtype", outtype.lower(),
-               "--outfile", str(tmp)]
-        handle.write("+ " + " ".join(cmd) + "\n")
-        handle.flush()
-        proc = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT)
-        if proc.returncode != 0 or not tmp.exists():
-            handle.flush()
-            raise UserError(f"convert_hf_to_gguf.py failed on {hf_dir} (exit {proc.returncode}); "
-                            f"last lines of {log}:\n{log_tail(log)}")
+    with atomic_output(out) as tmp:
+        cmd = [sys.executable, convert_script, str(hf_dir), "--outtype", outtype.lower(), "--outfile", str(tmp)]
+        run_logged(cmd, log, "convert_hf_to_gguf.py", f"{out} from {hf_dir}", expect=tmp)
     return {
         "method": "convert_hf_to_gguf",
         "convert_script_sha256": sha256_file(convert_script),

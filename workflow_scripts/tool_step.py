@@ -34,6 +34,21 @@ def log_tail(log: Path, lines: int = TAIL_LINES) -> str:
     return "\n".join("    " + line for line in text[-lines:])
 
 
+def run_logged(cmd: list[str], log: Path, name: str, making: str, expect: Path | None = None) -> None:
+    """Run ``cmd`` with its output appended to ``log``; on failure raise with the log's last lines.
+
+    ``expect`` is a file the command must have written: a tool that exits 0 without it failed too.
+    """
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as handle:
+        handle.write("+ " + " ".join(cmd) + "\n")
+        handle.flush()
+        proc = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT)
+    if proc.returncode != 0 or (expect is not None and not expect.exists()):
+        why = f"exited with status {proc.returncode}" if proc.returncode else "wrote no output"
+        raise UserError(f"{name} {why} while making {making}; last lines of {log}:\n{log_tail(log)}")
+
+
 def run_tool(stamp: Path, tool: str, args: list[str], output: Path, log: Path,
              verify_paths: list[Path]) -> float:
     """Run ``tool`` with ``{out}`` bound to a temporary name; return its wall time in seconds."""
@@ -42,21 +57,16 @@ def run_tool(stamp: Path, tool: str, args: list[str], output: Path, log: Path,
     tmp = partial_path(output)
     tmp.unlink(missing_ok=True)
     cmd = [str(tool_path(stamp, tool))] + [a.replace("{out}", str(tmp)) for a in args]
-    log.parent.mkdir(parents=True, exist_ok=True)
     output.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    with open(log, "a") as handle:
-        handle.write("+ " + " ".join(cmd) + "\n")
-        handle.flush()
-        proc = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT)
-    elapsed = time.monotonic() - started
-    if proc.returncode != 0 or not tmp.exists():
+    try:
+        run_logged(cmd, log, tool, str(output), expect=tmp)
+    except UserError:
         tmp.unlink(missing_ok=True)
-        why = f"exited with status {proc.returncode}" if proc.returncode else "wrote no output"
-        raise UserError(f"{tool} {why} while making {output}; last lines of {log}:\n{log_tail(log)}")
+        raise
     os.replace(tmp, output)
     write_sidecar(output)
-    return elapsed
+    return time.monotonic() - started
 
 
 def main(argv: list[str] | None = None) -> None:

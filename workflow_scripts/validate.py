@@ -12,7 +12,6 @@ import argparse
 import csv
 import io
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from workflow_scripts.atomic import atomic_write_text
 from workflow_scripts.checksums import verify
 from workflow_scripts.errors import UserError, run_cli
 from workflow_scripts.llama_tools import parse_kl_divergence, parse_perplexity_base
-from workflow_scripts.tool_step import log_tail, tool_path
+from workflow_scripts.tool_step import run_logged, tool_path
 
 GATE_CHECKS = (
     # (gate key, metric key, comparison, wording)
@@ -38,13 +37,8 @@ def measure_quant(stamp: Path, gguf: Path, logits: Path, threads: int, log: Path
     verify(logits)
     cmd = [str(tool_path(stamp, "llama-perplexity")), "-m", str(gguf), "--kl-divergence-base", str(logits),
            "--kl-divergence", "-t", str(threads)]
-    with open(log, "w") as handle:
-        handle.write("+ " + " ".join(cmd) + "\n")
-        handle.flush()
-        proc = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
-        raise UserError(f"llama-perplexity exited with status {proc.returncode} on {gguf}; last lines of {log}:\n"
-                        f"{log_tail(log)}")
+    log.unlink(missing_ok=True)  # the log is parsed: only this run's output may be in it
+    run_logged(cmd, log, "llama-perplexity", f"the KL divergence of {gguf}")
     try:
         return parse_kl_divergence(log.read_text(errors="replace"))
     except ValueError as err:
