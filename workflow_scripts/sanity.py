@@ -17,6 +17,7 @@ from typing import Any, Sequence
 from workflow_scripts.atomic import atomic_write_text
 from workflow_scripts.checksums import verify
 from workflow_scripts.errors import run_cli
+from workflow_scripts.tokenizer_parity import first_difference
 
 NGRAM = 4
 
@@ -29,12 +30,8 @@ def repetition_rate(tokens: Sequence[int], n: int = NGRAM) -> float:
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     """How many leading tokens two generations share."""
-    count = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        count += 1
-    return count
+    position = first_difference(a, b)
+    return len(a) if position is None else position
 
 
 def generate(gguf: Path, prompts: Sequence[str], max_tokens: int, threads: int) -> list[dict[str, Any]]:
