@@ -13,6 +13,10 @@ min_version("9.0")
 configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
+# `snakemake --report report.html`: the summary tables and plots, with these captions.
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/toolchain.smk"
 include: "rules/source.smk"
@@ -20,6 +24,8 @@ include: "rules/convert.smk"
 include: "rules/imatrix.smk"
 include: "rules/quantize.smk"
 include: "rules/validate.smk"
+include: "rules/benchmark.smk"
+include: "rules/package.smk"
 
 
 rule all:

@@ -5,7 +5,7 @@ import re
 import shlex
 import sys
 
-from snakemake.exceptions import WorkflowError
+from snakemake.exceptions import IncompleteCheckpointException, WorkflowError
 
 from workflow_scripts.config import build_plan
 from workflow_scripts.errors import UserError
@@ -21,6 +21,7 @@ except UserError as err:
     raise WorkflowError(f"invalid configuration: {err}") from None
 
 MODELS = PLAN.models
+MODEL_CONFIG = {model["name"]: model for model in config["models"]}
 REFERENCE = PLAN.reference_type
 
 
@@ -35,8 +36,10 @@ def _models_with_source(*types):
 
 wildcard_constraints:
     model=_alternatives(MODELS),
-    quant=_alternatives({q for m in MODELS.values() for q in m.quants}),
+    quant=_alternatives({q for m in MODELS.values() for q in m.builds}),
     reftype="F16|BF16",
+    tier=_alternatives(PLAN.tiers),
+    bench=_alternatives({q for m in MODELS.values() for q in m.builds} | {REFERENCE}),
 
 
 def reference_gguf(wildcards):
@@ -89,40 +92,147 @@ def imatrix_path(model):
 def quantize_inputs(wildcards):
     inputs = {**reference_inputs(wildcards), "stamp": STAMP,
               "parity": f"results/{wildcards.model}/checks/tokenizer_parity.json"}
-    if MODELS[wildcards.model].imatrix:
+    if MODELS[wildcards.model].builds[wildcards.quant].imatrix:
         inputs["imatrix"] = imatrix_path(wildcards.model)
     return inputs
 
 
+def quant_type(wildcards):
+    return MODELS[wildcards.model].builds[wildcards.quant].type
+
+
+def quantize_argv(model, build_name):
+    """llama-quantize's arguments for a build (``{out}`` stands for the output): the build's
+    overrides, the imatrix by its stable relative path, the reference, the type. The quantize job
+    runs them and the package records them."""
+    build = MODELS[model].builds[build_name]
+    args = list(build.args)
+    if build.imatrix:
+        args += ["--imatrix", imatrix_path(model)]
+    return args + [f"results/{model}/reference/{model}-{REFERENCE}.gguf", "{out}", build.type]
+
+
 def quantize_args(wildcards):
-    """llama-quantize options: the quant's overrides, and the imatrix by its stable relative path."""
-    plan = MODELS[wildcards.model]
-    args = list(plan.quantize_args[wildcards.quant])
-    if plan.imatrix:
-        args += ["--imatrix", imatrix_path(wildcards.model)]
-    return shlex.join(args)
+    return shlex.join(quantize_argv(wildcards.model, wildcards.quant))
 
 
 def census_args(wildcards):
     """The recipe the census compares the output with (same overrides as the quantize call)."""
-    return shlex.join(MODELS[wildcards.model].recipe_args[wildcards.quant])
+    return shlex.join(MODELS[wildcards.model].builds[wildcards.quant].recipe)
 
 
-def verify_flags(wildcards, input):
-    """``--verify`` options for the GGUFs a step reads (reference, imatrix) unless switched off."""
-    if not PLAN.verify_inputs:
-        return ""
-    paths = [input.gguf] + ([input.imatrix] if "imatrix" in input.keys() else [])
-    return " ".join(f"--verify {p}" for p in paths)
+def verify_flags(*keys):
+    """A params function: ``--verify`` options for the named inputs of a job (GGUFs, logits it
+    reads), or nothing when verify_inputs is switched off."""
+
+    def flags(wildcards, input):
+        if not PLAN.verify_inputs:
+            return ""
+        return " ".join(f"--verify {input[key]}" for key in keys if key in input.keys())
+
+    return flags
 
 
 def model_imatrix(wildcards):
     return [imatrix_path(wildcards.model)] if MODELS[wildcards.model].imatrix else []
 
 
+def attempts(model):
+    """Builds tried for each requested quant of ``model``, in order: the quant, then its remedies
+    while the build before failed; and the verdicts still to be made before more is known.
+
+    Verdicts are a checkpoint: Snakemake re-evaluates the callers once they exist. Every chain is
+    followed as far as it is known, so the verdicts of all quants are requested at once.
+    """
+    tried, pending = {}, []
+    for quant in MODELS[model].quants:
+        tried[quant] = [quant]
+        for remedy in MODELS[model].remedies[quant]:
+            try:
+                path = checkpoints.verdict.get(model=model, quant=tried[quant][-1]).output[0]
+            except IncompleteCheckpointException as missing:
+                pending.append(missing)
+                break
+            with open(path) as handle:
+                if json.load(handle)["verdict"] == "passed":
+                    break
+            tried[quant].append(remedy)
+    return tried, pending
+
+
+def _with_pending(paths, pending):
+    """Input files plus the checkpoint targets not made yet (so the job is re-evaluated after them)."""
+    return [missing.targetfile for missing in pending] + paths
+
+
 def model_quants(wildcards):
+    """Every GGUF built for the model, fallback builds included."""
     m = wildcards.model
-    return [f"results/{m}/quant/{m}-{q}.gguf" for q in MODELS[m].quants]
+    tried, pending = attempts(m)
+    return _with_pending([f"results/{m}/quant/{m}-{b}.gguf" for builds in tried.values() for b in builds], pending)
+
+
+def model_verdicts(wildcards):
+    m = wildcards.model
+    tried, pending = attempts(m)
+    waiting = {str(missing.targetfile) for missing in pending}
+    paths = [f"results/{m}/validate/{b}.verdict.json" for builds in tried.values() for b in builds]
+    return _with_pending([p for p in paths if p not in waiting], pending)
+
+
+def quality_ships(model):
+    """Per requested quant, the build that passed its quality gate (or None), and the verdicts
+    still to be made."""
+    tried, pending = attempts(model)
+    ships = {}
+    for quant, builds in tried.items():
+        try:
+            path = checkpoints.verdict.get(model=model, quant=builds[-1]).output[0]
+        except IncompleteCheckpointException as missing:
+            pending.append(missing)
+            continue
+        with open(path) as handle:
+            ships[quant] = builds[-1] if json.load(handle)["verdict"] == "passed" else None
+    return ships, pending
+
+
+def model_benchmarks(wildcards):
+    """Every tier's figures for each build that passed its quality gate, and for the reference."""
+    m = wildcards.model
+    ships, pending = quality_ships(m)
+    names = [REFERENCE] + [b for b in ships.values() if b]
+    return _with_pending([f"results/{m}/benchmark/{t}/{b}.json" for t in PLAN.tiers for b in names], pending)
+
+
+def bench_gguf(wildcards):
+    m, name = wildcards.model, wildcards.bench
+    if name == REFERENCE:
+        return reference_inputs(wildcards)
+    gguf = f"results/{m}/quant/{m}-{name}.gguf"
+    return {"gguf": gguf, "sha": f"{gguf}.sha256"}
+
+
+def bench_tier(wildcards):
+    """What of a tier changes a measurement (memory size, budget and priority are judged later)."""
+    tier = PLAN.tiers[wildcards.tier]
+    return json.dumps({k: tier[k] for k in ("name", "threads", "gpu_layers", "ctx")}, sort_keys=True)
+
+
+def attempts_json(wildcards):
+    tried, pending = attempts(wildcards.model)
+    if pending:
+        raise pending[0]
+    return json.dumps(tried)
+
+
+def build_json(wildcards):
+    """What the verdict records of a build: type, imatrix, recipe, the quant it stands for, its gate."""
+    plan = MODELS[wildcards.model]
+    build = plan.builds[wildcards.quant]
+    requested = next(q for q in plan.quants if wildcards.quant == q or wildcards.quant in plan.remedies[q])
+    return json.dumps({"type": build.type, "imatrix": build.imatrix, "recipe": list(build.recipe),
+                       "requested_as": requested, "remedy": wildcards.quant != requested,
+                       "gate": plan.gates[wildcards.quant]}, sort_keys=True)
 
 
 def logits_output(path):
@@ -135,25 +245,37 @@ def evaluation_params():
     return f"-c {ev['ctx']} --chunks {ev['chunks']}"
 
 
-def model_metrics(wildcards):
-    return [f"results/{wildcards.model}/validate/{q}.json" for q in MODELS[wildcards.model].quants]
-
-
-def model_sanity(wildcards):
-    return [f"results/{wildcards.model}/validate/{q}.sanity.json" for q in MODELS[wildcards.model].quants]
-
-
 def sanity_settings():
     return json.dumps(config["sanity"], sort_keys=True)
 
 
-def model_gates(wildcards):
-    return json.dumps(MODELS[wildcards.model].gates, sort_keys=True)
+def package_settings(wildcards):
+    """What the package records of a model's plan: commands per build, inputs, card fields."""
+    m = wildcards.model
+    plan, model = MODELS[m], MODEL_CONFIG[m]
+    return json.dumps({
+        "model": m, "base_model": model.get("base_model"), "license": model.get("license"), "note": model.get("note"),
+        "reference_type": REFERENCE, "reference_path": reference_gguf(wildcards),
+        "imatrix_path": imatrix_path(m) if plan.imatrix else None,
+        "calibration": {k: plan.calibration[k] for k in ("chunks", "ctx")} if plan.imatrix else None,
+        "evaluation": {k: PLAN.evaluation[k] for k in ("chunks", "ctx")},
+        "commands": {b: ["llama-quantize", *quantize_argv(m, b)] for b in plan.builds},
+        "toolchain": {k: PLAN.toolchain[k] for k in ("llama_cpp_python_version", "backend", "cmake_args")},
+        "split_max_mb": PLAN.package["split_max_mb"],
+    }, sort_keys=True)
+
+
+def package_texts(wildcards):
+    texts = {"evaluation": PLAN.evaluation["text"]}
+    if MODELS[wildcards.model].imatrix:
+        texts["calibration"] = f"results/{wildcards.model}/imatrix/calibration.txt"
+    return texts
 
 
 def get_final_output():
-    outputs = ["results/quality.csv"]
+    outputs = ["results/quality.csv", "results/summary/summary.csv"]
     for name, plan in MODELS.items():
+        outputs.append(f"results/package/{name}/SHA256SUMS")
         outputs.append(f"results/{name}/SHA256SUMS")
         outputs.append(f"results/{name}/validation_report.json")
         outputs += [f"results/{name}/quant/{name}-{q}.census.json" for q in plan.quants]

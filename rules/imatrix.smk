@@ -30,7 +30,7 @@ rule imatrix:
         "results/benchmarks/imatrix/{model}.tsv"
     params:
         calibration=imatrix_params,
-        verify=verify_flags,
+        verify=verify_flags("gguf"),
     threads: 8
     shell:
         "python -m workflow_scripts.tool_step --stamp {input.stamp} --output {output.imatrix}"

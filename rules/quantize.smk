@@ -1,4 +1,4 @@
-# One llama-quantize per model × quant type, then the recipe check (the output's tensor types
+# One llama-quantize per model × build (a quant type, a variant, or a fallback try), then the recipe check (the output's tensor types
 # against what was asked), and the per-model SHA256SUMS of everything made.
 
 
@@ -15,16 +15,17 @@ rule quantize:
         "results/benchmarks/quantize/{model}-{quant}.tsv"
     params:
         args=quantize_args,
+        type=quant_type,
         recipe=census_args,
-        verify=verify_flags,
+        verify=verify_flags("gguf", "imatrix"),
     threads: 8
     shell:
-        "python -m workflow_scripts.gguf_census --preflight {input.gguf} --quant {wildcards.quant}"
+        "python -m workflow_scripts.gguf_census --preflight {input.gguf} --quant {params.type}"
         " {params.recipe} > {log}"
         " && python -m workflow_scripts.tool_step --stamp {input.stamp} --output {output.gguf}"
         " --log {log} {params.verify} --"
-        " llama-quantize {params.args} {input.gguf} {{out}} {wildcards.quant} {threads}"
-        " && python -m workflow_scripts.gguf_census --gguf {output.gguf} --quant {wildcards.quant}"
+        " llama-quantize {params.args} {threads}"
+        " && python -m workflow_scripts.gguf_census --gguf {output.gguf} --quant {params.type}"
         " {params.recipe} --quantize-log {log} --out {output.census} >> {log} 2>&1"
 
 

@@ -1,5 +1,6 @@
-# Quality of every quant against its model's reference on held-out text: the reference logits
-# once per model, one KL-divergence run per quant, then the verdicts by the configured gates.
+# Quality of every build against its model's reference on held-out text: the reference logits
+# once per model, one KL-divergence run and one sanity generation per build, a verdict per build
+# by the configured gates, and the next fallback build for each one that failed.
 
 
 rule reference_logits:
@@ -17,7 +18,7 @@ rule reference_logits:
         "results/benchmarks/reference_logits/{model}.tsv"
     params:
         evaluation=evaluation_params(),
-        verify=verify_flags,
+        verify=verify_flags("gguf"),
     threads: 8
     shell:
         "python -m workflow_scripts.tool_step --stamp {input.stamp} --output {output.logits}"
@@ -39,10 +40,12 @@ rule validate_quant:
         "results/logs/validate/{model}-{quant}.log",
     benchmark:
         "results/benchmarks/validate/{model}-{quant}.tsv"
+    params:
+        verify=verify_flags("gguf", "logits"),
     threads: 8
     shell:
-        "python -m workflow_scripts.validate quant --stamp {input.stamp} --gguf {input.gguf}"
-        " --logits {input.logits} --census {input.census} --threads {threads} --log {log} --out {output}"
+        "python -m workflow_scripts.validate quant --name {wildcards.quant} --stamp {input.stamp} --gguf {input.gguf}"
+        " --logits {input.logits} --census {input.census} {params.verify} --threads {threads} --log {log} --out {output}"
 
 
 rule sanity_reference:
@@ -57,9 +60,10 @@ rule sanity_reference:
         "results/benchmarks/sanity/{model}-reference.tsv"
     params:
         settings=sanity_settings(),
+        verify=verify_flags("gguf"),
     threads: 4
     shell:
-        "python -m workflow_scripts.sanity --stamp {input.stamp} --gguf {input.gguf}"
+        "python -m workflow_scripts.sanity --stamp {input.stamp} --gguf {input.gguf} {params.verify}"
         " --settings-json {params.settings:q} --threads {threads} --out {output} > {log} 2>&1"
 
 
@@ -76,17 +80,51 @@ rule sanity_quant:
         "results/benchmarks/sanity/{model}-{quant}.tsv"
     params:
         settings=sanity_settings(),
+        verify=verify_flags("gguf"),
     threads: 4
     shell:
-        "python -m workflow_scripts.sanity --stamp {input.stamp} --gguf {input.gguf} --reference {input.reference}"
+        "python -m workflow_scripts.sanity --stamp {input.stamp} --gguf {input.gguf} {params.verify} --reference {input.reference}"
         " --settings-json {params.settings:q} --threads {threads} --out {output} > {log} 2>&1"
+
+
+rule tensor_error:
+    input:
+        unpack(reference_inputs),
+        quant="results/{model}/quant/{model}-{quant}.gguf",
+    output:
+        "results/{model}/validate/{quant}.tensors.json",
+    log:
+        "results/logs/tensor_error/{model}-{quant}.log",
+    benchmark:
+        "results/benchmarks/tensor_error/{model}-{quant}.tsv"
+    params:
+        verify=verify_flags("quant", "gguf"),
+    shell:
+        "python -m workflow_scripts.tensor_error --gguf {input.quant} --reference {input.gguf} {params.verify}"
+        " --worst 10 --out {output} > {log} 2>&1"
+
+
+# A checkpoint: whether a build passed decides whether its next remedy is built (see attempts()).
+checkpoint verdict:
+    input:
+        metrics="results/{model}/validate/{quant}.json",
+        sanity="results/{model}/validate/{quant}.sanity.json",
+        tensors="results/{model}/validate/{quant}.tensors.json",
+    output:
+        "results/{model}/validate/{quant}.verdict.json",
+    log:
+        "results/logs/verdict/{model}-{quant}.log",
+    params:
+        build=build_json,
+    shell:
+        "python -m workflow_scripts.validate verdict --metrics {input.metrics} --sanity {input.sanity} --tensors {input.tensors}"
+        " --build-json {params.build:q} --out {output} > {log} 2>&1"
 
 
 rule validation_report:
     input:
         reference="results/{model}/validate/reference.json",
-        metrics=model_metrics,
-        sanity=model_sanity,
+        verdicts=model_verdicts,
     output:
         "results/{model}/validation_report.json",
     log:
@@ -94,10 +132,10 @@ rule validation_report:
     benchmark:
         "results/benchmarks/validation_report/{model}.tsv"
     params:
-        gates=model_gates,
+        attempts=attempts_json,
     shell:
         "python -m workflow_scripts.validate report --model {wildcards.model} --reference {input.reference}"
-        " --metrics {input.metrics} --sanity {input.sanity} --gates-json {params.gates:q} --out {output} > {log} 2>&1"
+        " --verdicts {input.verdicts} --attempts-json {params.attempts:q} --out {output} > {log} 2>&1"
 
 
 rule quality_table:

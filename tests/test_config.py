@@ -43,12 +43,52 @@ def test_quant_options_become_llama_quantize_arguments(base):
                                         "output_tensor_type": "Q8_0", "token_embedding_type": "Q6_K",
                                         "extra_args": ["--pure"]}}
     plan = build_plan(base, "c.yaml")
-    assert plan.models["a"].quantize_args["Q4_K_M"] == (
+    assert plan.models["a"].builds["Q4_K_M"].args == (
         "--tensor-type", "attn_v=Q8_0", "--tensor-type", "ffn_down=Q6_K",
         "--output-tensor-type", "Q8_0", "--token-embedding-type", "Q6_K", "--pure")
-    assert "--pure" not in plan.models["a"].recipe_args["Q4_K_M"]
-    assert plan.models["a"].quantize_args["Q8_0"] == ()
+    assert "--pure" not in plan.models["a"].builds["Q4_K_M"].recipe
+    assert plan.models["a"].builds["Q8_0"].args == ()
     assert quantize_args({}) == ()
+
+
+def test_variants_are_builds_of_a_type_with_their_own_settings(base):
+    base["quant_options"] = {"Q4_K_M": {"tensor_types": {"attn_v": "Q6_K"}}}
+    base["variants"] = {"Q4_K_M-static": {"type": "Q4_K_M", "imatrix": False},
+                        "Q4_K_L": {"type": "Q4_K_M", "output_tensor_type": "Q8_0", "token_embedding_type": "Q8_0"}}
+    base["models"][1]["quants"] = ["Q4_K_M", "Q4_K_M-static", "Q4_K_L"]
+    builds = build_plan(base, "c.yaml").models["b"].builds
+    assert builds["Q4_K_M-static"].type == "Q4_K_M" and not builds["Q4_K_M-static"].imatrix
+    assert builds["Q4_K_M-static"].recipe == builds["Q4_K_M"].recipe == ("--tensor-type", "attn_v=Q6_K")
+    assert builds["Q4_K_L"].imatrix and builds["Q4_K_L"].recipe == (
+        "--tensor-type", "attn_v=Q6_K", "--output-tensor-type", "Q8_0", "--token-embedding-type", "Q8_0")
+
+
+def test_remedies_only_raise_types_and_accumulate(base):
+    base["fallback"] = {"remedies": [{"name": "v8", "tensor_types": {"attn_v": "Q8_0", "ffn_down": "Q6_K"}},
+                                     {"name": "emb", "token_embedding_type": "Q8_0"}]}
+    plan = build_plan(base, "c.yaml").models["a"]
+    assert plan.remedies["Q4_K_M"] == ("Q4_K_M-v8", "Q4_K_M-emb")
+    assert plan.builds["Q4_K_M-emb"].recipe == ("--tensor-type", "attn_v=Q8_0", "--tensor-type", "ffn_down=Q6_K",
+                                                "--token-embedding-type", "Q8_0")
+    assert plan.builds["Q4_K_M-emb"].type == "Q4_K_M" and plan.gates["Q4_K_M-emb"] == plan.gates["Q4_K_M"]
+    # Q6_K would lower ffn_down of a Q6_K file: only attn_v rises; nothing rises above Q8_0.
+    assert plan.builds["Q6_K-v8"].recipe == ("--tensor-type", "attn_v=Q8_0")
+    assert plan.remedies["Q8_0"] == ()
+    base["fallback"] = {"remedies": []}
+    assert build_plan(base, "c.yaml").models["a"].remedies["Q4_K_M"] == ()
+
+
+@pytest.mark.parametrize("variants,quants,expected", [
+    ({}, ["Q4_K_L"], "models[1].quants[0]: 'Q4_K_L' is not allowed; expected one of"),
+    ({"Q4_K_M": {"type": "Q4_K_M", "imatrix": False}}, ["Q4_K_M"], "variants.Q4_K_M: a variant may not be named like"),
+    ({"IQ2-static": {"type": "IQ2_XS", "imatrix": False}}, ["IQ2-static"], "variants.IQ2-static.imatrix is false"),
+])
+def test_bad_variants_are_refused(base, variants, quants, expected):
+    base["variants"] = variants
+    base["models"][1]["quants"] = quants
+    with pytest.raises(UserError) as err:
+        build_plan(base, "c.yaml")
+    assert expected in str(err.value)
 
 
 def _set(cfg, path, value):
@@ -92,6 +132,14 @@ BAD = [
     (("models", 0, "source"), {"type": "gguf", "path": "m.gguf", "file": "x"}, "either path, or package and file, not both"),
     (("models", 0, "source"), {"type": "local", "path": "hf", "revision": "main"}, "models[0].source: unknown key(s) 'revision'"),
     (("models", 0, "source"), {"type": "gguf", "package": "no_such_package_here", "file": "x.gguf"}, "models[0].source"),
+    (("tiers",), [{"name": "t", "threads": -1, "ram_gb": 8, "latency_budget_s": 5}], "tiers[0].threads: -1 is less than the minimum of 1"),
+    (("tiers",), [{"name": "t", "threads": 4, "ram_gb": 8, "latency_budget_s": 0}], "tiers[0].latency_budget_s: 0 is less than or equal to the minimum of 0"),
+    (("tiers",), [{"name": "t", "threads": 4, "ram_gb": 8, "latency_budget_s": 5, "cores": 4}], "tiers[0]: unknown key(s) 'cores'"),
+    (("tiers",), [{"name": "t", "threads": 4, "ram_gb": 8, "latency_budget_s": 5, "priority": "cheap"}], "tiers[0].priority: 'cheap' is not allowed; expected one of quality, balanced, speed"),
+    (("tiers",), [{"name": "t", "threads": 4, "ram_gb": 8, "latency_budget_s": 5}] * 2, "tiers[1].name: 't' is already used"),
+    (("tiers",), [{"name": "g", "threads": 4, "ram_gb": 8, "vram_gb": 24, "latency_budget_s": 5}], "tiers[0]: vram_gb is 24 but gpu_layers is 0"),
+    (("benchmark",), {"repetitions": 0}, "benchmark.repetitions: 0 is less than the minimum of 1"),
+    (("gates",), {"default": {"min_tg_speedup": -1}}, "gates.default.min_tg_speedup: -1 is less than the minimum of 0"),
 ]
 
 

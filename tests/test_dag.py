@@ -39,14 +39,15 @@ def test_two_models_three_quants_share_one_convert_and_one_imatrix_per_model(tmp
     assert jobs["quantize"] == 6 and jobs["sha256sums"] == 2
     assert jobs["reference_logits"] == 2 and jobs["validate_quant"] == 6
     assert jobs["validation_report"] == 2 and jobs["quality_table"] == 1
-    assert jobs["sanity_reference"] == 2 and jobs["sanity_quant"] == 6
+    assert jobs["sanity_reference"] == 2 and jobs["sanity_quant"] == 6 and jobs["verdict"] == 6
+    assert jobs["tensor_error"] == 6 and jobs["benchmark"] == 2 * 3  # the references on the 3 default tiers
 
 
 def test_adding_a_quant_adds_exactly_one_quantize_job(tmp_path):
     before = _plan(tmp_path, _config(tmp_path, ["Q8_0", "Q4_K_M", "Q6_K"], ["Q8_0"]))
     after = _plan(tmp_path, _config(tmp_path, ["Q8_0", "Q4_K_M", "Q6_K", "Q3_K_M"], ["Q8_0"]))
     diff = after - before
-    assert diff == {"quantize": 1, "validate_quant": 1, "sanity_quant": 1}
+    assert diff == {"quantize": 1, "validate_quant": 1, "sanity_quant": 1, "tensor_error": 1, "verdict": 1}
 
 
 def test_imatrix_off_drops_the_imatrix_job(tmp_path):

@@ -11,12 +11,15 @@ import pytest
 import yaml
 
 from dag import planned_jobs
+from workflow_scripts.checksums import sha256_file
 from workflow_run import ROOT, snakemake, write_config
 
 pytestmark = [pytest.mark.toolchain, pytest.mark.real_model]
 
 MODEL = "smollm2-135m"
 QUANTS = ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "IQ4_XS", "Q3_K_M")
+# The demo's IQ4_XS misses its gate and the default remedy (sensitive tensors raised) is built.
+REMEDY = "IQ4_XS-sensitive"
 BASE = {"Q8_0": "Q8_0", "Q6_K": "Q6_K", "Q5_K_M": "Q5_K", "Q4_K_M": "Q4_K", "IQ4_XS": "IQ4_XS", "Q3_K_M": "Q3_K"}
 CALIBRATION = ROOT / "config" / "data" / "calibration.txt"
 
@@ -40,7 +43,7 @@ def test_every_quant_is_made_checksummed_and_listed(demo):
     check = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=model_dir, capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
     listed = {line.split()[1] for line in (model_dir / "SHA256SUMS").read_text().splitlines()}
-    assert listed == {f"quant/{MODEL}-{q}.gguf" for q in QUANTS} | {
+    assert listed == {f"quant/{MODEL}-{q}.gguf" for q in (*QUANTS, REMEDY)} | {
         f"reference/{MODEL}-F16.gguf", f"imatrix/{MODEL}.imatrix.gguf"}
     for quant in QUANTS:
         sidecar = _quant(workdir, quant).with_name(_quant(workdir, quant).name + ".sha256")
@@ -63,7 +66,7 @@ def test_quants_have_the_requested_types_and_stable_relative_paths(demo):
         # Every tensor of the file type's own type is "requested"; every other one is explained.
         assert census["classes"]["requested"] == census["types"].get(BASE[quant], 0), (quant, census)
         bpw[quant] = census["bits_per_weight"]
-        fields = {k: f.contents() for k, f in reader.fields.items() if k.startswith("quantize.")}
+        fields = _gguf_fields(_quant(workdir, quant))
         assert fields["quantize.imatrix.file"] == f"results/{MODEL}/imatrix/{MODEL}.imatrix.gguf"
         assert fields["quantize.imatrix.dataset"] == f"results/{MODEL}/imatrix/calibration.txt"
     # 576 columns are not a multiple of 256: most K-quant tensors fall back, and the census says so.
@@ -117,13 +120,16 @@ def test_only_stale_jobs_re_run(demo):
         path.write_text(yaml.safe_dump(config))
         return planned_jobs(workdir, path)
 
-    per_model = {"sha256sums": 1, "validation_report": 1, "quality_table": 1}
-    assert plan(quants=[*QUANTS, "Q4_0"]) == {"quantize": 1, "validate_quant": 1, "sanity_quant": 1, **per_model}
+    per_model = {"sha256sums": 1, "validation_report": 1, "quality_table": 1, "speed_report": 1, "package": 1,
+                 "summary": 1}
+    assert plan(quants=[*QUANTS, "Q4_0"]) == {"quantize": 1, "validate_quant": 1, "sanity_quant": 1, "verdict": 1,
+                                             "tensor_error": 1, **per_model}
     new_text = workdir / "calibration-v2.txt"
     new_text.write_text(CALIBRATION.read_text() + "\nOne more paragraph for the importance matrix.\n")
     assert plan(calibration={"text": str(new_text)}) == {
         "calibration_text": 1, "tokenizer_parity": 1, "imatrix": 1, "quantize": len(QUANTS),
-        "validate_quant": len(QUANTS), "sanity_quant": len(QUANTS), **per_model}
+        "validate_quant": len(QUANTS), "sanity_quant": len(QUANTS), "verdict": len(QUANTS), "tensor_error": len(QUANTS),
+        **per_model}
     everything = plan(toolchain={"llama_cpp_python_version": "0.3.35"})
     assert everything["toolchain"] == 1 and everything["convert"] == 1 and everything["quantize"] == len(QUANTS)
 
@@ -132,31 +138,161 @@ def test_every_quant_is_measured_and_judged(demo):
     workdir, _, _ = demo
     report = json.loads((workdir / "results" / MODEL / "validation_report.json").read_text())
     quants = report["quants"]
-    assert set(quants) == set(QUANTS)
+    assert set(quants) == {*QUANTS, REMEDY}
     assert quants["Q8_0"]["verdict"] == "passed" and quants["Q8_0"]["gate"]["max_mean_kld"] == 0.01
     assert quants["Q8_0"]["kld_mean"] < quants["Q4_K_M"]["kld_mean"] < quants["Q3_K_M"]["kld_mean"]
     assert 0 <= quants["Q8_0"]["delta_ppl_pct"] < quants["Q4_K_M"]["delta_ppl_pct"]
     assert report["reference"]["chunks"] == 10 and report["reference"]["ppl"] > 1
-    for quant in QUANTS:
+    for quant in quants:
         assert (quants[quant]["verdict"] == "failed") == bool(quants[quant]["reasons"])
         assert quants[quant]["sanity"]["passed"], quants[quant]["sanity"]
     # Q8_0 continues the prompts almost exactly as the reference does; Q3_K_M drifts sooner.
     assert quants["Q8_0"]["sanity"]["mean_same_first_tokens"] >= quants["Q3_K_M"]["sanity"]["mean_same_first_tokens"]
     assert quants["Q8_0"]["sanity"]["mean_same_first_tokens"] >= 8
     table = (workdir / "results" / "quality.csv").read_text().splitlines()
-    assert len(table) == 1 + len(QUANTS) and table[1].startswith(f"{MODEL},Q8_0,passed,")
+    assert len(table) == 2 + len(QUANTS) and table[1].startswith(f"{MODEL},Q8_0,passed,True,Q8_0,True,")
     logits = workdir / "results" / MODEL / "validate" / f"{MODEL}-reference.logits"
     assert logits.stat().st_size > 100_000_000  # kept for later quants (keep_reference_logits)
 
 
+def test_a_failed_quant_is_retried_with_its_sensitive_tensors_raised(demo):
+    workdir, _, _ = demo
+    report = json.loads((workdir / "results" / MODEL / "validation_report.json").read_text())
+    first, retry = report["quants"]["IQ4_XS"], report["quants"][REMEDY]
+    assert first["verdict"] == "failed" and "mean KLD" in first["reasons"][0] and not first["shipped"]
+    assert report["attempts"]["IQ4_XS"] == ["IQ4_XS", REMEDY] and report["attempts"]["Q8_0"] == ["Q8_0"]
+    assert retry["build"]["type"] == "IQ4_XS" and "attn_v=Q8_0" in retry["build"]["recipe"]
+    assert retry["bits_per_weight"] > first["bits_per_weight"] and retry["kld_mean"] < first["kld_mean"]
+    census = json.loads(_quant(workdir, REMEDY).with_suffix(".census.json").read_text())
+    assert census["tensor_types"]["blk.0.attn_v.weight"] == "Q8_0" and census["tensor_types"]["token_embd.weight"] == "Q8_0"
+    assert report["ships"]["IQ4_XS"] == (REMEDY if retry["verdict"] == "passed" else None)
+    # Per-tensor error against the reference: the retry lost less, and Q8_0 far less than either.
+    errors = {name: report["quants"][name]["tensor_error"] for name in ("Q8_0", "IQ4_XS", REMEDY)}
+    assert errors["Q8_0"]["rel_rms"] < errors[REMEDY]["rel_rms"] < errors["IQ4_XS"]["rel_rms"]
+    assert errors[REMEDY]["by_role"]["attn_v"]["max_rel_rms"] < errors["IQ4_XS"]["by_role"]["attn_v"]["max_rel_rms"]
+    assert len(errors["IQ4_XS"]["worst"]) == 5
+    assert report["invariants"]["kld_falls_as_bpw_rises"]["checked"] == 6
+
+
+def test_the_package_holds_exactly_the_builds_that_ship(demo):
+    workdir, _, _ = demo
+    package = workdir / "results" / "package" / MODEL
+    shipped = {f"{MODEL}-{q}.gguf" for q in QUANTS if q != "IQ4_XS"} | {f"{MODEL}-{REMEDY}.gguf"}
+    assert {p.name for p in package.iterdir()} == shipped | {
+        f"{MODEL}.imatrix.gguf", "SHA256SUMS", "manifest.json", "README.md"}
+    check = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=package, capture_output=True, text=True)
+    assert check.returncode == 0 and check.stdout.count(": OK") == len(shipped) + 3, check.stdout
+    assert (package / f"{MODEL}-Q8_0.gguf").stat().st_ino == _quant(workdir, "Q8_0").stat().st_ino  # hard link
+    manifest = json.loads((package / "manifest.json").read_text())
+    entry = next(e for e in manifest["files"] if e["build"] == REMEDY)
+    assert entry["requested_as"] == "IQ4_XS" and entry["verdict"] == "passed"
+    deps = {d["name"]: d["digest"]["sha256"] for d in entry["provenance"]["predicate"]["buildDefinition"]["resolvedDependencies"]}
+    assert deps[f"results/{MODEL}/reference/{MODEL}-F16.gguf"] == manifest["reference"]["sha256"]
+    assert deps["llama-quantize"] == manifest["toolchain"]["llama_quantize_sha256"]
+    stamp = json.loads((workdir / "results" / "toolchain" / "llama.cpp.json").read_text())
+    assert manifest["toolchain"]["llama_cpp_commit"] == stamp["llama_cpp_commit"] == "0c1e57098bba43ac29e6e3b677cdceebdd22334f"
+    card = (package / "README.md").read_text()
+    assert card.startswith("---\nbase_model: HuggingFaceTB/SmolLM2-135M-Instruct\n") and "license: apache-2.0" in card
+    assert f"`{MODEL}-{REMEDY}.gguf` | IQ4_XS ({REMEDY})" in card and f"`{MODEL}-IQ4_XS.gguf`" not in card
+
+
+def test_shipped_builds_are_benchmarked_per_tier_and_recommended(demo):
+    workdir, _, _ = demo
+    speed = json.loads((workdir / "results" / MODEL / "speed_report.json").read_text())
+    shipped = {b for b in speed["ships"].values() if b}
+    assert set(speed["builds"]) == shipped and "IQ4_XS" not in speed["builds"]
+    assert set(speed["recommendations"]) == {"laptop-8gb", "workstation-32gb", "gpu-24gb"}
+    gpu = json.loads((workdir / "results" / MODEL / "benchmark" / "gpu-24gb" / "Q8_0.json").read_text())
+    assert gpu["measured"] is False and gpu["reason"] == "GPU tier, and this host has no NVIDIA GPU"
+    assert not speed["recommendations"]["gpu-24gb"]["measured"] and "tg_tps" not in speed["builds"]["Q8_0"]["tiers"]["gpu-24gb"]
+    for tier in ("laptop-8gb", "workstation-32gb"):
+        ref = speed["reference"]["tiers"][tier]
+        assert ref["measured"] and ref["tg_tps"] > 0 and ref["threads"] == min(os.cpu_count(), 4 if tier == "laptop-8gb" else 16)
+        for build in shipped:
+            row = speed["builds"][build]["tiers"][tier]
+            assert row["tg_speedup"] == pytest.approx(row["tg_tps"] / ref["tg_tps"], rel=1e-3)
+            # The memory prediction (KV cache at the tier's context allocated) is an upper bound of what the task touched.
+            assert 0 < row["peak_rss_bytes"] < row["predicted_ram_bytes"]
+            assert row["ttft_s"] < row["latency_s"] and row["fits"]
+        assert speed["recommendations"][tier]["choice"] in shipped
+    assert speed["builds"]["Q8_0"]["size_reduction_pct"] > 45  # 8.5 vs 16 bits per weight
+    card = (workdir / "results" / "package" / MODEL / "README.md").read_text()
+    assert "## Which file for your hardware" in card and "**gpu-24gb**: not measured: GPU tier" in card
+    assert "## Per-tensor error" in card and f"| `{MODEL}-Q8_0.gguf` | 0.00" in card
+
+
+def test_a_package_file_is_reproduced_byte_for_byte(demo):
+    workdir, _, _ = demo
+    proc = subprocess.run([os.sys.executable, "-m", "workflow_scripts.verify_package", f"results/package/{MODEL}",
+                           "--reproduce", f"{MODEL}-Q4_K_M.gguf"], cwd=workdir, capture_output=True, text=True)
+    assert proc.returncode == 0 and "reproduced, sha256" in proc.stdout, proc.stderr
+
+
+def test_a_file_over_the_size_limit_is_published_in_parts(demo, toolchain_bin):
+    workdir, _, _ = demo
+    config = write_config(workdir, {"calibration": {"text": str(CALIBRATION)}, "package": {"split_max_mb": 120}},
+                          "split.yaml")
+    assert planned_jobs(workdir, config) == {"package": 1}
+    snakemake(workdir, config)
+    package = workdir / "results" / "package" / MODEL
+    parts = sorted(p.name for p in package.glob(f"{MODEL}-Q8_0-*-of-*.gguf"))
+    assert parts == [f"{MODEL}-Q8_0-00001-of-00002.gguf", f"{MODEL}-Q8_0-00002-of-00002.gguf"]
+    assert not (package / f"{MODEL}-Q8_0.gguf").exists() and (package / f"{MODEL}-Q4_K_M.gguf").exists()  # 100.6 MiB
+    assert subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=package, capture_output=True).returncode == 0
+    assert subprocess.run([os.sys.executable, "-m", "workflow_scripts.verify_package", str(package)]).returncode == 0
+    merged = workdir / "merged.gguf"
+    subprocess.run([str(toolchain_bin / "llama-gguf-split"), "--merge", str(package / parts[0]), str(merged)],
+                   check=True, capture_output=True)
+    manifest = json.loads((package / "manifest.json").read_text())
+    entry = next(e for e in manifest["files"] if e["build"] == "Q8_0")
+    assert entry["sha256"] == sha256_file(_quant(workdir, "Q8_0"))  # the file as quantized (and reproducible)
+    assert [p["file"] for p in entry["parts"]] == parts
+    from gguf import GGUFReader
+
+    joined, original = GGUFReader(merged), GGUFReader(_quant(workdir, "Q8_0"))
+    assert [t.name for t in joined.tensors] == [t.name for t in original.tensors]
+    assert all(bytes(a.data) == bytes(b.data) for a, b in zip(joined.tensors, original.tensors))
+    assert f"`{MODEL}-Q8_0.gguf` in 2 parts" in (package / "README.md").read_text()
+
+
 def test_a_gate_change_rejudges_without_remeasuring(demo):
     workdir, _, _ = demo
-    config = write_config(workdir, {"calibration": {"text": str(CALIBRATION)},
+    config = write_config(workdir, {"calibration": {"text": str(CALIBRATION)}, "fallback": {"remedies": []},
                                     "gates": {"per_quant": {"Q4_K_M": {"max_mean_kld": 0.001}}}}, "tight-gate.yaml")
-    assert planned_jobs(workdir, config) == {"validation_report": 1, "quality_table": 1}
+    # Only Q4_K_M's gate changed; without remedies the IQ4_XS retry is no longer asked for.
+    assert planned_jobs(workdir, config) == {"verdict": 1, "validation_report": 1, "quality_table": 1, "sha256sums": 1,
+                                             "speed_report": 1, "package": 1, "summary": 1}
     snakemake(workdir, config)
     report = json.loads((workdir / "results" / MODEL / "validation_report.json").read_text())
     q4 = report["quants"]["Q4_K_M"]
     assert q4["verdict"] == "failed" and q4["reasons"][0].startswith("mean KLD 0.0") and q4["reasons"][0].endswith("> 0.001")
     assert "Q4_K_M" in report["failed"] and "Q8_0" in report["passed"]
-    assert f"{MODEL},Q4_K_M,failed," in (workdir / "results" / "quality.csv").read_text()
+    assert report["withheld"] == ["Q4_K_M", "IQ4_XS"] and REMEDY not in report["quants"]
+    assert f"{MODEL},Q4_K_M,failed,False," in (workdir / "results" / "quality.csv").read_text()
+    package = workdir / "results" / "package" / MODEL
+    assert not (package / f"{MODEL}-Q4_K_M.gguf").exists() and (package / f"{MODEL}-Q8_0.gguf").exists()
+    manifest = json.loads((package / "manifest.json").read_text())
+    assert [w["quant"] for w in manifest["withheld"]] == ["Q4_K_M", "IQ4_XS"]
+    assert "## Not published" in (package / "README.md").read_text()
+
+
+def test_static_twin_is_compared_with_the_imatrix_build(demo):
+    workdir, _, _ = demo
+    config = write_config(workdir, {"calibration": {"text": str(CALIBRATION)}, "fallback": {"remedies": []},
+                                    "variants": {"Q4_K_M-static": {"type": "Q4_K_M", "imatrix": False}},
+                                    "quants": [*QUANTS, "Q4_K_M-static"]}, "static-twin.yaml")
+    snakemake(workdir, config)
+    report = json.loads((workdir / "results" / MODEL / "validation_report.json").read_text())
+    static, imatrix = report["quants"]["Q4_K_M-static"], report["quants"]["Q4_K_M"]
+    assert static["build"] == {**imatrix["build"], "imatrix": False, "requested_as": "Q4_K_M-static"}
+    fields = _gguf_fields(_quant(workdir, "Q4_K_M-static"))
+    assert not any(key.startswith("quantize.imatrix") for key in fields)
+    check = report["invariants"]["imatrix_not_worse_than_static"]
+    assert check["checked"] == 1
+    assert bool(check["violations"]) == (imatrix["kld_mean"] > static["kld_mean"])
+
+
+def _gguf_fields(path: Path) -> dict:
+    from gguf import GGUFReader
+
+    return {k: f.contents() for k, f in GGUFReader(path).fields.items()}

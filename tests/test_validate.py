@@ -8,7 +8,7 @@ from workflow_scripts.calibration import overlap_fraction
 from workflow_scripts.config import build_plan
 from workflow_scripts.errors import UserError
 from workflow_scripts.llama_tools import parse_kl_divergence, parse_perplexity_base
-from workflow_scripts.validate import judge, kld_order_violations, model_report, quality_csv
+from workflow_scripts.validate import imatrix_violations, judge, kld_order_violations, model_report, quality_csv, verdict
 
 FIXTURES = Path(__file__).parent / "fixtures" / "perplexity"
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,16 +50,43 @@ def test_gates():
 def test_kld_must_fall_as_bits_rise():
     quants = {"Q8_0": {"bits_per_weight": 8.5, "kld_mean": 0.004}, "Q6_K": {"bits_per_weight": 8.1, "kld_mean": 0.009},
               "Q5_K_M": {"bits_per_weight": 6.6, "kld_mean": 0.008}, "Q4_K_M": {"bits_per_weight": 6.2, "kld_mean": 0.04}}
-    assert kld_order_violations(quants) == ["Q6_K (8.1 bpw) has mean KLD 0.009 > Q5_K_M (6.6 bpw, 0.008)"]
+    assert kld_order_violations(quants) == {
+        "checked": 3, "violations": ["Q6_K (8.1 bpw) has mean KLD 0.009 > Q5_K_M (6.6 bpw, 0.008)"]}
 
 
-def test_report_and_quality_table():
-    report = model_report("m", {"ppl": 9.4}, {"Q8_0": GOOD, "Q2_K": {**GOOD, "kld_mean": 0.9, "bits_per_weight": 3.0}},
-                          {"Q8_0": {"max_mean_kld": 0.01}, "Q2_K": {"max_mean_kld": 0.8}})
-    assert report["passed"] == ["Q8_0"] and report["failed"] == ["Q2_K"]
+SANE = {"passed": True, "problems": [], "mean_same_first_tokens": 20}
+
+
+def _entry(name, type_, imatrix, gate, sanity=SANE, recipe=(), **metrics):
+    build = {"type": type_, "imatrix": imatrix, "recipe": list(recipe), "requested_as": name, "remedy": False, "gate": gate}
+    return verdict({**GOOD, "quant": name, **metrics}, sanity, build)
+
+
+def test_imatrix_build_must_not_be_worse_than_its_static_twin():
+    builds = {"Q4_K_M": _entry("Q4_K_M", "Q4_K_M", True, {}, kld_mean=0.05),
+              "Q4_K_M-static": _entry("Q4_K_M-static", "Q4_K_M", False, {}, kld_mean=0.04),
+              "Q4_K_L": _entry("Q4_K_L", "Q4_K_M", True, {}, recipe=["--output-tensor-type", "Q8_0"], kld_mean=0.06)}
+    found = imatrix_violations(builds)
+    assert found == {"checked": 1, "violations": ["Q4_K_M (imatrix) has mean KLD 0.05 > Q4_K_M-static (static, 0.04)"]}
+    builds["Q4_K_M"]["kld_mean"] = 0.03
+    assert imatrix_violations(builds)["violations"] == []
+
+
+def test_report_ships_the_passing_try_and_withholds_a_quant_whose_tries_all_failed():
+    builds = {"Q8_0": _entry("Q8_0", "Q8_0", True, {"max_mean_kld": 0.01}),
+              "Q2_K": _entry("Q2_K", "Q2_K", True, {"max_mean_kld": 0.8}, kld_mean=0.9, bits_per_weight=3.0),
+              "Q2_K-sensitive": _entry("Q2_K", "Q2_K", True, {"max_mean_kld": 0.8}, kld_mean=0.85, bits_per_weight=3.4),
+              "IQ4_XS": _entry("IQ4_XS", "IQ4_XS", True, {"max_mean_kld": 0.09}, kld_mean=0.11, bits_per_weight=5.3),
+              "IQ4_XS-sensitive": _entry("IQ4_XS", "IQ4_XS", True, {"max_mean_kld": 0.09}, kld_mean=0.07, bits_per_weight=5.9)}
+    attempts = {"Q8_0": ["Q8_0"], "Q2_K": ["Q2_K", "Q2_K-sensitive"], "IQ4_XS": ["IQ4_XS", "IQ4_XS-sensitive"]}
+    report = model_report("m", {"ppl": 9.4}, builds, attempts)
+    assert report["ships"] == {"Q8_0": "Q8_0", "Q2_K": None, "IQ4_XS": "IQ4_XS-sensitive"}
+    assert report["withheld"] == ["Q2_K"] and report["failed"] == ["Q2_K", "Q2_K-sensitive", "IQ4_XS"]
     assert report["quants"]["Q2_K"]["reasons"] == ["mean KLD 0.9000 > 0.8"]
+    assert [name for name, entry in report["quants"].items() if entry["shipped"]] == ["Q8_0", "IQ4_XS-sensitive"]
     rows = quality_csv([report]).splitlines()
-    assert rows[0].startswith("model,quant,verdict") and rows[2].startswith("m,Q2_K,failed,")
+    assert rows[0].startswith("model,quant,verdict,shipped,type,imatrix")
+    assert rows[2].startswith("m,Q2_K,failed,False,Q2_K,True,") and rows[5].startswith("m,IQ4_XS-sensitive,passed,True,")
 
 
 def test_overlapping_evaluation_text_is_refused(tmp_path, monkeypatch):
@@ -110,7 +137,7 @@ def test_kl_divergence_output_is_complete_every_time(tiny_f16, toolchain_bin, to
     write_sidecar(quant)
     load = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(3)]
     try:
-        results = [measure_quant(toolchain_stamp, quant, logits, 2, tmp_path / f"kld-{i}.log") for i in range(30)]
+        results = [measure_quant(toolchain_stamp, quant, logits, 2, tmp_path / f"kld-{i}.log", []) for i in range(30)]
     finally:
         for proc in load:
             proc.kill()
@@ -134,7 +161,6 @@ def test_repetition_and_agreement_measures():
 
 
 def test_failed_sanity_fails_the_quant():
-    report = model_report("m", {}, {"Q8_0": GOOD}, {"Q8_0": {"max_mean_kld": 0.01}},
-                          {"Q8_0": {"passed": False, "problems": ["empty output for prompt 1"], "mean_same_first_tokens": 0}})
-    assert report["quants"]["Q8_0"]["verdict"] == "failed"
-    assert report["quants"]["Q8_0"]["reasons"] == ["sanity: empty output for prompt 1"]
+    entry = _entry("Q8_0", "Q8_0", True, {"max_mean_kld": 0.01},
+                   sanity={"passed": False, "problems": ["empty output for prompt 1"], "mean_same_first_tokens": 0})
+    assert entry["verdict"] == "failed" and entry["reasons"] == ["sanity: empty output for prompt 1"]

@@ -16,6 +16,7 @@ import jsonschema
 import yaml
 
 from workflow_scripts.errors import UserError
+from workflow_scripts.gguf_census import bits_per_weight, expected_base_type
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = PROJECT_DIR / "config" / "schema" / "config.schema.yaml"
@@ -28,19 +29,41 @@ IMATRIX_REQUIRED_QUANTS = frozenset(
 IMATRIX_REQUIRED_TENSOR_TYPES = frozenset({"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS"})
 
 CALIBRATION_KEYS = ("text", "chunks", "ctx")
+OPTION_KEYS = ("tensor_types", "output_tensor_type", "token_embedding_type", "extra_args")
+
+
+@dataclass(frozen=True)
+class Build:
+    """One llama-quantize output: its file type, settings, and whether it uses the imatrix."""
+
+    type: str
+    imatrix: bool
+    options: dict[str, Any]
+
+    @property
+    def args(self) -> tuple[str, ...]:
+        return quantize_args(self.options)
+
+    @property
+    def recipe(self) -> tuple[str, ...]:
+        return quantize_args(self.options, include_extra=False)
 
 
 @dataclass(frozen=True)
 class ModelPlan:
-    """Everything the rules need to know about one model, computed once."""
+    """Everything the rules need to know about one model, computed once.
+
+    ``builds`` holds every build that may be made: the requested ``quants`` and, for each, the
+    fallback builds in ``remedies`` (made only when the one before failed its gates).
+    """
 
     name: str
     source: dict[str, Any]
     quants: tuple[str, ...]
     calibration: dict[str, Any]
     imatrix: bool
-    quantize_args: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    recipe_args: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    builds: dict[str, Build] = field(default_factory=dict)
+    remedies: dict[str, tuple[str, ...]] = field(default_factory=dict)
     gates: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
@@ -53,6 +76,9 @@ class Plan:
     reference_type: str
     verify_inputs: bool
     models: dict[str, ModelPlan]
+    tiers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    benchmark: dict[str, Any] = field(default_factory=dict)
+    package: dict[str, Any] = field(default_factory=dict)
 
 
 def load_schema(path: Path = SCHEMA_PATH) -> dict:
@@ -183,22 +209,75 @@ def _check_model(index: int, model: dict, config: dict, source_name: str, base: 
         overlaps[key] = check_overlap(*key, config["evaluation"]["max_overlap"], cal_field, source_name, base)
     imatrix = model.get("imatrix", config["imatrix"])
     quants = tuple(model.get("quants", config["quants"]))
-    args, recipes = {}, {}
-    for quant in quants:
-        options = config["quant_options"].get(quant, {})
-        wanted = {quant} | set(options.get("tensor_types", {}).values())
+    quants_field = f"{where}.quants" if "quants" in model else "quants"
+    builds, remedies = {}, {}
+    for position, quant in enumerate(quants):
+        build = _build(quant, f"{quants_field}[{position}]", config, imatrix, schema, source_name)
+        wanted = {build.type} | set(build.options.get("tensor_types", {}).values())
         needs = sorted((wanted & IMATRIX_REQUIRED_QUANTS) | (wanted & IMATRIX_REQUIRED_TENSOR_TYPES))
-        if needs and not imatrix:
+        if needs and not build.imatrix:
             switch = f"{where}.imatrix" if "imatrix" in model else "imatrix"
+            if quant in config["variants"]:
+                switch = f"variants.{quant}.imatrix"
             raise UserError(
                 f"{source_name}: {where}: quant {quant} needs an importance matrix ({', '.join(needs)} "
                 f"cannot be made without one) but {switch} is false; set it to true or drop {quant}"
             )
-        args[quant] = quantize_args(options)
-        recipes[quant] = quantize_args(options, include_extra=False)
-    gates = {quant: gate_for(quant, config["gates"], schema) for quant in quants}
+        builds[quant] = build
+        remedies[quant] = _remedy_builds(quant, build, config["fallback"]["remedies"], builds)
+    gates = {name: gate_for(build.type, config["gates"], schema) for name, build in builds.items()}
     return ModelPlan(name=name, source=source, quants=quants, calibration=calibration,
-                     imatrix=imatrix, quantize_args=args, recipe_args=recipes, gates=gates)
+                     imatrix=any(b.imatrix for b in builds.values()), builds=builds, remedies=remedies, gates=gates)
+
+
+def _build(quant: str, where: str, config: dict, imatrix: bool, schema: dict, source_name: str) -> Build:
+    """A quants entry as a Build: a quant type with its quant_options, or a named variant."""
+    types = schema["$defs"]["quant_type"]["enum"]
+    variant = config["variants"].get(quant)
+    if variant is None and quant not in types:
+        variants = f"; or one of the names under variants: {', '.join(config['variants'])}" if config["variants"] else ""
+        raise UserError(f"{source_name}: {where}: {quant!r} is not allowed; expected one of {', '.join(types)}{variants}")
+    if variant is None:
+        return Build(quant, imatrix, _merge_options({}, config["quant_options"].get(quant, {})))
+    if quant in types:
+        raise UserError(f"{source_name}: variants.{quant}: a variant may not be named like the quant type {quant}; "
+                        "expected another name (e.g. {quant}-static)")
+    options = _merge_options(config["quant_options"].get(variant["type"], {}), variant)
+    return Build(variant["type"], variant.get("imatrix", imatrix), options)
+
+
+def _merge_options(base: dict, over: dict) -> dict:
+    """llama-quantize settings ``over`` laid over ``base`` (tensor type patterns merged)."""
+    merged = {key: value for key, value in base.items() if key in OPTION_KEYS}
+    merged.update({key: value for key, value in over.items() if key in OPTION_KEYS})
+    merged["tensor_types"] = {**base.get("tensor_types", {}), **over.get("tensor_types", {})}
+    return merged
+
+
+def _raises_only(remedy: dict, base_type: str) -> dict:
+    """The remedy's type settings that raise a tensor above the file type's own type (a remedy
+    never lowers one: ffn_down=Q6_K means nothing for a Q8_0)."""
+    floor = bits_per_weight(expected_base_type(base_type))
+    kept = {key: value for key, value in remedy.items()
+            if key in ("output_tensor_type", "token_embedding_type") and bits_per_weight(value) > floor}
+    kept["tensor_types"] = {p: t for p, t in remedy.get("tensor_types", {}).items() if bits_per_weight(t) > floor}
+    if remedy.get("extra_args"):
+        kept["extra_args"] = list(remedy["extra_args"])
+    return kept
+
+
+def _remedy_builds(quant: str, build: Build, remedies: list[dict], builds: dict[str, Build]) -> tuple[str, ...]:
+    """Names of the fallback builds for ``quant``, in order; each adds its remedy to the one before.
+    A remedy that changes nothing for this type (it would only lower types) is skipped."""
+    names, current = [], build
+    for remedy in remedies:
+        options = _merge_options(current.options, _raises_only(remedy, build.type))
+        if options == current.options:
+            continue
+        current = Build(build.type, build.imatrix, options)
+        names.append(f"{quant}-{remedy['name']}")
+        builds[names[-1]] = current
+    return tuple(names)
 
 
 def build_plan(config: dict, source_name: str = "config", base: Path | str = ".") -> Plan:
@@ -224,8 +303,24 @@ def build_plan(config: dict, source_name: str = "config", base: Path | str = "."
             )
         seen[model["name"]] = index
         models[model["name"]] = _check_model(index, model, config, source_name, base, schema, overlaps)
+    tiers = _check_tiers(config["tiers"], source_name)
     toolchain = config["toolchain"]
     if toolchain.get("build_dir"):
         _check_file(toolchain["build_dir"], "toolchain.build_dir", source_name, base, "directory")
     return Plan(toolchain=toolchain, evaluation=evaluation, reference_type=config["reference_type"],
-                verify_inputs=config["verify_inputs"], models=models)
+                verify_inputs=config["verify_inputs"], models=models, tiers=tiers, benchmark=config["benchmark"],
+                package=config["package"])
+
+
+def _check_tiers(tiers: list[dict], source_name: str) -> dict[str, dict]:
+    """Tiers by name: names unique, a GPU tier has both GPU memory and offloaded layers."""
+    checked: dict[str, dict] = {}
+    for index, tier in enumerate(tiers):
+        where = f"{source_name}: tiers[{index}]"
+        if tier["name"] in checked:
+            raise UserError(f"{where}.name: {tier['name']!r} is already used; expected unique tier names")
+        if (tier["vram_gb"] > 0) != (tier["gpu_layers"] > 0):
+            raise UserError(f"{where}: vram_gb is {tier['vram_gb']} but gpu_layers is {tier['gpu_layers']}; expected both "
+                            "set for a GPU tier (e.g. vram_gb: 24, gpu_layers: 999) or both 0 for a CPU tier")
+        checked[tier["name"]] = tier
+    return checked

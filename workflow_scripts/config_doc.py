@@ -20,11 +20,14 @@ commented default; `--configfile` overrides it key by key.
 """
 
 
-def _resolve(node: dict, defs: dict) -> dict:
+def _resolve(node: dict, root: dict) -> dict:
+    """``node`` with a local ``$ref`` (``#/$defs/...``, any depth) replaced by what it points to."""
     ref = node.get("$ref")
     if ref:
-        target = defs[ref.split("/")[-1]]
-        return {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+        target = root
+        for part in ref.removeprefix("#/").split("/"):
+            target = target[part]
+        return {**_resolve(target, root), **{k: v for k, v in node.items() if k != "$ref"}}
     return node
 
 
@@ -35,37 +38,42 @@ def _type(node: dict) -> str:
     if kind == "array" and "items" in node:
         inner = node["items"]
         if "$ref" in inner:
-            return "list of quant types" if inner["$ref"].endswith("quant_type") else "list"
-        return "list of " + (_type(inner) if "enum" not in inner else "quant types")
+            return "list"
+        return "list of " + (_type(inner) + "s" if "enum" not in inner else "quant types")
     return " or ".join(kind) if isinstance(kind, list) else str(kind)
 
 
-def _rows(node: dict, prefix: str, defs: dict):
-    node = _resolve(node, defs)
+def _long_enum(values: list, root: dict) -> str:
+    """Quant and tensor types are listed once, below the table."""
+    return "tensor type (see below)" if values == root["$defs"]["tensor_type"]["enum"] else "quant type (see below)"
+
+
+def _rows(node: dict, prefix: str, root: dict):
+    node = _resolve(node, root)
     for name, child in node.get("properties", {}).items():
-        child = _resolve(child, defs)
+        child = _resolve(child, root)
         key = f"{prefix}.{name}" if prefix else name
         if "const" in child:
             continue
         default = f"`{json.dumps(child['default'])}`" if "default" in child else ""
         description = " ".join(str(child.get("description", "")).split()).replace("|", "\\|")
-        kind = _type(child) if "enum" not in child or len(child["enum"]) < 12 else "quant type (see below)"
+        kind = _type(child) if "enum" not in child or len(child["enum"]) < 12 else _long_enum(child["enum"], root)
         yield f"| `{key}` | {kind} | {default} | {description} |"
-        yield from _rows(child, key, defs)
+        yield from _rows(child, key, root)
         if child.get("type") == "array" and isinstance(child.get("items"), dict):
-            yield from _rows(child["items"], f"{key}[]", defs)
+            yield from _rows(child["items"], f"{key}[]", root)
         for branch in child.get("allOf", []):
-            yield from _rows(branch.get("then", {}), key, defs)
+            yield from _rows(branch.get("then", {}), key, root)
         extra = child.get("additionalProperties")
         if isinstance(extra, dict) and ("$ref" in extra or "properties" in extra):
-            yield from _rows(extra, f"{key}.<{'quant' if name == 'quant_options' else 'name'}>", defs)
+            yield from _rows(extra, f"{key}.<{'quant' if name == 'quant_options' else 'name'}>", root)
 
 
 def render() -> str:
     schema = load_schema()
     defs = schema.get("$defs", {})
     rows, seen = [], set()
-    for row in _rows(schema, "", defs):
+    for row in _rows(schema, "", schema):
         if row not in seen:
             seen.add(row)
             rows.append(row)

@@ -72,6 +72,14 @@ def expected_base_type(quant: str) -> str:
         raise UserError(f"quant type {quant!r} is not known to the recipe check") from None
 
 
+def bits_per_weight(tensor_type: str) -> float:
+    """Storage bits per weight of a ggml tensor type (block bytes × 8 / block size, from gguf-py)."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    block, size = GGML_QUANT_SIZES[GGMLQuantizationType[tensor_type]]
+    return size * 8 / block
+
+
 def read_tensor_types(gguf_path: Path) -> dict[str, TensorInfo]:
     """Every tensor of a GGUF with its type, shape (innermost first), bytes and element count."""
     from gguf import GGUFReader

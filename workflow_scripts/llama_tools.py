@@ -152,3 +152,26 @@ def parse_kl_divergence(text: str) -> dict[str, float | None]:
     chunks = _CHUNKS.search(text)
     result["chunks"] = int(chunks["n"]) if chunks else None
     return result
+
+
+def parse_bench_json(text: str) -> dict:
+    """``llama-bench -o json``: the prompt-processing and generation tests as {"pp": ..., "tg": ...}
+    with tokens, mean and standard deviation of tokens/s, plus what the tool says of the model and build."""
+    import json
+
+    try:
+        runs = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"llama-bench output is not JSON ({err})") from None
+    tests = {}
+    for run in runs:
+        kind = "pp" if run["n_prompt"] and not run["n_gen"] else "tg" if run["n_gen"] and not run["n_prompt"] else None
+        if kind:
+            tests[kind] = {"tokens": run["n_prompt"] or run["n_gen"], "tokens_per_s": run["avg_ts"],
+                           "stddev": run["stddev_ts"], "samples": run["samples_ts"]}
+    if set(tests) != {"pp", "tg"}:
+        raise ValueError(f"llama-bench output lacks a {'pp' if 'pp' not in tests else 'tg'} test")
+    first = runs[0]
+    return {**tests, "threads": first["n_threads"], "gpu_layers": first["n_gpu_layers"], "backends": first["backends"],
+            "model_size": first["model_size"], "model_n_params": first["model_n_params"],
+            "build_commit": first["build_commit"], "cpu_info": first["cpu_info"], "gpu_info": first["gpu_info"]}

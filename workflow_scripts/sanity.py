@@ -76,10 +76,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--settings-json", required=True, help='{"prompts": [...], "max_tokens": N, "max_repetition": x}')
     parser.add_argument("--reference", type=Path, help="the reference's sanity output, to compare first tokens")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--verify", type=Path, action="append", default=[], help="check this file against its .sha256 first")
     parser.add_argument("--out", type=Path, required=True)
     ns = parser.parse_args(argv)
     settings = json.loads(ns.settings_json)
-    verify(ns.gguf)
+    for path in ns.verify:
+        verify(path)
     os.environ["LLAMA_CPP_LIB_PATH"] = json.loads(ns.stamp.read_text())["bin_dir"]
     outputs = generate(ns.gguf, settings["prompts"], settings["max_tokens"], ns.threads)
     reference = json.loads(ns.reference.read_text())["outputs"] if ns.reference else None

@@ -3,7 +3,9 @@
 The reference's logits on the held-out evaluation text are computed once per model
 (``llama-perplexity --kl-divergence-base``); each quant is then run with ``--kl-divergence``
 against them, and the figures llama.cpp prints only as text are parsed into JSON. Measuring and
-judging are separate steps, so changing a gate re-judges without re-measuring.
+judging are separate steps, so changing a gate re-judges without re-measuring. A build that fails
+is followed by the configured remedies (new builds, see rules/validate.smk); the report says which
+build ships for each requested quant, and which quants ship none.
 """
 
 from __future__ import annotations
@@ -27,14 +29,15 @@ GATE_CHECKS = (
     ("max_mean_kld", "kld_mean", "max", "mean KLD {value:.4f} > {limit}"),
     ("min_same_top_pct", "same_top_pct", "min", "same top token {value:.2f} % < {limit} %"),
 )
-QUALITY_COLUMNS = ("model", "quant", "verdict", "file_bytes", "bits_per_weight", "ppl", "ppl_error", "delta_ppl_pct",
+QUALITY_COLUMNS = ("model", "quant", "verdict", "shipped", "type", "imatrix", "file_bytes", "bits_per_weight", "ppl", "ppl_error", "delta_ppl_pct",
                    "kld_mean", "kld_p99", "kld_max", "same_top_pct", "rms_dp_pct", "reasons")
 
 
-def measure_quant(stamp: Path, gguf: Path, logits: Path, threads: int, log: Path) -> dict[str, Any]:
+def measure_quant(stamp: Path, gguf: Path, logits: Path, threads: int, log: Path,
+                  verify_paths: list[Path]) -> dict[str, Any]:
     """Run llama-perplexity --kl-divergence of ``gguf`` against the reference logits; parse it."""
-    verify(gguf)
-    verify(logits)
+    for path in verify_paths:
+        verify(path)
     cmd = [str(tool_path(stamp, "llama-perplexity")), "-m", str(gguf), "--kl-divergence-base", str(logits),
            "--kl-divergence", "-t", str(threads)]
     log.unlink(missing_ok=True)  # the log is parsed: only this run's output may be in it
@@ -45,10 +48,11 @@ def measure_quant(stamp: Path, gguf: Path, logits: Path, threads: int, log: Path
         raise UserError(f"{log}: {err}") from None
 
 
-def quant_metrics(kld: dict, census: dict, stamp: dict) -> dict[str, Any]:
-    """One quant's record: quality figures, size, bits per weight, tensor types, and the toolchain."""
+def quant_metrics(name: str, kld: dict, census: dict, stamp: dict) -> dict[str, Any]:
+    """One build's record: quality figures, size, bits per weight, tensor types, and the toolchain."""
     return {
-        "quant": census["quant"],
+        "quant": name,
+        "type": census["quant"],
         **kld,
         "file_bytes": census["file_bytes"],
         "bits_per_weight": census["bits_per_weight"],
@@ -71,36 +75,63 @@ def judge(metrics: dict, gate: dict) -> tuple[str, list[str]]:
     return ("failed" if reasons else "passed"), reasons
 
 
-def kld_order_violations(quants: dict[str, dict]) -> list[str]:
-    """Pairs where more bits per weight gave a larger mean KLD (expected: KLD falls as bpw rises)."""
-    ordered = sorted(quants.items(), key=lambda item: item[1]["bits_per_weight"])
-    found = []
-    for (low_q, low), (high_q, high) in zip(ordered, ordered[1:]):
-        if high["bits_per_weight"] > low["bits_per_weight"] and high["kld_mean"] > low["kld_mean"]:
-            found.append(f"{high_q} ({high['bits_per_weight']} bpw) has mean KLD {high['kld_mean']} > "
-                         f"{low_q} ({low['bits_per_weight']} bpw, {low['kld_mean']})")
-    return found
+def verdict(metrics: dict, sanity: dict, build: dict, tensors: dict | None = None) -> dict[str, Any]:
+    """A build's figures with its gate, settings and verdict; a failed sanity generation fails it too.
+    The per-tensor error (informational: which tensors lost most) is carried along when given."""
+    gate = build["gate"]
+    _, reasons = judge(metrics, gate)
+    reasons += [f"sanity: {problem}" for problem in sanity["problems"]]
+    return {
+        **metrics,
+        "build": {key: value for key, value in build.items() if key != "gate"},
+        "gate": gate,
+        "sanity": {key: sanity[key] for key in ("passed", "problems", "mean_same_first_tokens")},
+        "verdict": "failed" if reasons else "passed",
+        "reasons": reasons,
+        **({"tensor_error": {**tensors["summary"], "worst": tensors["summary"]["worst"][:5]}} if tensors else {}),
+    }
 
 
-def model_report(model: str, reference: dict, metrics: dict[str, dict], gates: dict[str, dict],
-                 sanity: dict[str, dict] | None = None) -> dict[str, Any]:
-    """Every quant's figures, gate and verdict; a failed sanity generation fails the quant too."""
-    quants = {}
-    for quant, values in metrics.items():
-        verdict, reasons = judge(values, gates[quant])
-        entry = {**values, "gate": gates[quant]}
-        if sanity is not None:
-            check = sanity[quant]
-            entry["sanity"] = {k: check[k] for k in ("passed", "problems", "mean_same_first_tokens")}
-            reasons += [f"sanity: {p}" for p in check["problems"]]
-        quants[quant] = {**entry, "verdict": "failed" if reasons else verdict, "reasons": reasons}
+def kld_order_violations(builds: dict[str, dict]) -> dict[str, Any]:
+    """Neighbours (by bits per weight) where more bits gave a larger mean KLD; KLD should fall as bpw rises."""
+    ordered = sorted(builds.items(), key=lambda item: item[1]["bits_per_weight"])
+    pairs = [(low, high) for low, high in zip(ordered, ordered[1:])
+             if high[1]["bits_per_weight"] > low[1]["bits_per_weight"]]
+    found = [f"{high_q} ({high['bits_per_weight']} bpw) has mean KLD {high['kld_mean']} > "
+             f"{low_q} ({low['bits_per_weight']} bpw, {low['kld_mean']})"
+             for (low_q, low), (high_q, high) in pairs if high["kld_mean"] > low["kld_mean"]]
+    return {"checked": len(pairs), "violations": found}
+
+
+def imatrix_violations(builds: dict[str, dict]) -> dict[str, Any]:
+    """Builds made with the importance matrix that came out worse (mean KLD) than their static twin:
+    same type and recipe without it. Such a result points at calibration text unlike the evaluation text."""
+    pairs = [(name, twin) for name, entry in builds.items() for twin, other in builds.items()
+             if entry["build"]["imatrix"] and not other["build"]["imatrix"]
+             and entry["build"]["type"] == other["build"]["type"] and entry["build"]["recipe"] == other["build"]["recipe"]]
+    found = [f"{name} (imatrix) has mean KLD {builds[name]['kld_mean']} > {twin} (static, {builds[twin]['kld_mean']})"
+             for name, twin in pairs if builds[name]["kld_mean"] > builds[twin]["kld_mean"]]
+    return {"checked": len(pairs), "violations": found}
+
+
+def model_report(model: str, reference: dict, builds: dict[str, dict], attempts: dict[str, list[str]]) -> dict[str, Any]:
+    """Every build's verdict, which build ships for each requested quant (the last try, if it
+    passed), and the invariants across builds."""
+    ships = {quant: (tried[-1] if builds[tried[-1]]["verdict"] == "passed" else None) for quant, tried in attempts.items()}
+    for quant, tried in attempts.items():
+        for name in tried:
+            builds[name]["shipped"] = name == ships[quant]
     return {
         "model": model,
         "reference": reference,
-        "quants": quants,
-        "passed": [q for q, v in quants.items() if v["verdict"] == "passed"],
-        "failed": [q for q, v in quants.items() if v["verdict"] == "failed"],
-        "invariants": {"kld_falls_as_bpw_rises": kld_order_violations(quants)},
+        "quants": builds,
+        "attempts": attempts,
+        "ships": ships,
+        "passed": [name for name, entry in builds.items() if entry["verdict"] == "passed"],
+        "failed": [name for name, entry in builds.items() if entry["verdict"] == "failed"],
+        "withheld": [quant for quant, name in ships.items() if name is None],
+        "invariants": {"kld_falls_as_bpw_rises": kld_order_violations(builds),
+                       "imatrix_not_worse_than_static": imatrix_violations(builds)},
     }
 
 
@@ -109,9 +140,11 @@ def quality_csv(reports: list[dict]) -> str:
     writer = csv.DictWriter(out, fieldnames=QUALITY_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for report in reports:
-        for quant, values in report["quants"].items():
+        for name, values in report["quants"].items():
             row = {key: values.get(key) for key in QUALITY_COLUMNS}
-            writer.writerow({**row, "model": report["model"], "quant": quant, "reasons": "; ".join(values["reasons"])})
+            writer.writerow({**row, "model": report["model"], "quant": name, "type": values["build"]["type"],
+                             "imatrix": values["build"]["imatrix"],
+                             "reasons": "; ".join(values["reasons"])})
     return out.getvalue()
 
 
@@ -121,16 +154,23 @@ def main(argv: list[str] | None = None) -> None:
     base = sub.add_parser("reference", help="parse the reference's perplexity run")
     base.add_argument("--log", type=Path, required=True)
     base.add_argument("--out", type=Path, required=True)
-    quant = sub.add_parser("quant", help="measure one quant against the reference logits")
+    quant = sub.add_parser("quant", help="measure one build against the reference logits")
+    quant.add_argument("--name", required=True, help="the build's name (a quant type or a variant)")
     for name in ("--stamp", "--gguf", "--logits", "--census", "--log", "--out"):
         quant.add_argument(name, type=Path, required=True)
     quant.add_argument("--threads", type=int, default=1)
-    report = sub.add_parser("report", help="judge a model's quants by their gates")
+    quant.add_argument("--verify", type=Path, action="append", default=[], help="check this file against its .sha256 first")
+    judged = sub.add_parser("verdict", help="judge one build by its gate and sanity generation")
+    judged.add_argument("--metrics", type=Path, required=True)
+    judged.add_argument("--sanity", type=Path, required=True)
+    judged.add_argument("--build-json", required=True, help="the build's type, settings and gate")
+    judged.add_argument("--tensors", type=Path, help="the build's per-tensor error (tensor_error output)")
+    judged.add_argument("--out", type=Path, required=True)
+    report = sub.add_parser("report", help="a model's verdicts, what ships, and the invariants")
     report.add_argument("--model", required=True)
     report.add_argument("--reference", type=Path, required=True)
-    report.add_argument("--metrics", type=Path, nargs="+", required=True)
-    report.add_argument("--sanity", type=Path, nargs="+", help="<quant>.sanity.json files, in --metrics order")
-    report.add_argument("--gates-json", required=True)
+    report.add_argument("--verdicts", type=Path, nargs="+", required=True)
+    report.add_argument("--attempts-json", required=True, help="builds tried per requested quant, in order")
     report.add_argument("--out", type=Path, required=True)
     table = sub.add_parser("quality-table", help="quality.csv across models")
     table.add_argument("reports", type=Path, nargs="+")
@@ -139,12 +179,14 @@ def main(argv: list[str] | None = None) -> None:
     if ns.command == "reference":
         result = parse_perplexity_base(ns.log.read_text(errors="replace"))
     elif ns.command == "quant":
-        kld = measure_quant(ns.stamp, ns.gguf, ns.logits, ns.threads, ns.log)
-        result = quant_metrics(kld, json.loads(ns.census.read_text()), json.loads(ns.stamp.read_text()))
+        kld = measure_quant(ns.stamp, ns.gguf, ns.logits, ns.threads, ns.log, ns.verify)
+        result = quant_metrics(ns.name, kld, json.loads(ns.census.read_text()), json.loads(ns.stamp.read_text()))
+    elif ns.command == "verdict":
+        result = verdict(json.loads(ns.metrics.read_text()), json.loads(ns.sanity.read_text()), json.loads(ns.build_json),
+                         json.loads(ns.tensors.read_text()) if ns.tensors else None)
     elif ns.command == "report":
-        metrics = {json.loads(p.read_text())["quant"]: json.loads(p.read_text()) for p in ns.metrics}
-        sanity = ({quant: json.loads(p.read_text()) for quant, p in zip(metrics, ns.sanity)} if ns.sanity else None)
-        result = model_report(ns.model, json.loads(ns.reference.read_text()), metrics, json.loads(ns.gates_json), sanity)
+        builds = {entry["quant"]: entry for entry in (json.loads(p.read_text()) for p in ns.verdicts)}
+        result = model_report(ns.model, json.loads(ns.reference.read_text()), builds, json.loads(ns.attempts_json))
     else:
         atomic_write_text(ns.out, quality_csv([json.loads(p.read_text()) for p in ns.reports]))
         return

@@ -1,0 +1,118 @@
+"""Speed gates and per-tier recommendations from benchmark records; llama-bench parsing; memory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from workflow_scripts.llama_tools import parse_bench_json
+from workflow_scripts.memory_fit import fits, predict
+from workflow_scripts.recommend import speed_report
+
+FIXTURES = Path(__file__).parent / "fixtures" / "bench"
+GIB = 1 << 30
+
+
+def test_parse_llama_bench_json():
+    bench = parse_bench_json((FIXTURES / "smollm2-135m-Q8_0-cpu.json").read_text())
+    assert bench["pp"]["tokens"] == 64 and bench["tg"]["tokens"] == 16
+    assert bench["pp"]["tokens_per_s"] == pytest.approx(107.251184) and bench["tg"]["stddev"] > 0
+    assert bench["threads"] == 2 and bench["gpu_layers"] == 0 and bench["build_commit"] == "0c1e57098"
+    with pytest.raises(ValueError, match="lacks a tg test"):
+        parse_bench_json('[{"n_prompt": 64, "n_gen": 0, "avg_ts": 1, "stddev_ts": 0, "samples_ts": [1]}]')
+    with pytest.raises(ValueError, match="not JSON"):
+        parse_bench_json("main: error: failed to load model")
+
+
+SHAPE = {"layers": 30, "kv_heads": 3, "key_length": 64, "value_length": 64, "vocab": 49152, "tensor_bytes": 100_000_000}
+
+
+def test_memory_prediction_counts_kv_cache_and_offload():
+    cpu = predict(SHAPE, ctx=4096)
+    assert cpu["kv_cache_bytes"] == 4096 * 30 * 3 * 128 * 2 and cpu["vram_bytes"] == 0
+    assert cpu["ram_bytes"] > SHAPE["tensor_bytes"] + cpu["kv_cache_bytes"]
+    assert predict(SHAPE, ctx=8192)["ram_bytes"] - cpu["ram_bytes"] == cpu["kv_cache_bytes"]
+    gpu = predict(SHAPE, ctx=4096, gpu_layers=999)
+    assert gpu["vram_bytes"] > SHAPE["tensor_bytes"] and gpu["ram_bytes"] < SHAPE["tensor_bytes"]
+    assert fits(cpu, {"ram_gb": 8, "vram_gb": 0})[0]
+    ok, why = fits(cpu, {"ram_gb": 0.5, "vram_gb": 0})
+    assert not ok and why.startswith("needs 0.") and "usable of 0.5 GB" in why
+    assert not fits(gpu, {"ram_gb": 8, "vram_gb": 0.1})[0]
+
+
+def _bench(tier: str, size: int, tg: float, latency: float, measured: bool = True, ram: int = GIB // 2) -> dict:
+    record = {"file_bytes": size, "memory": {"ram_bytes": ram, "vram_bytes": 0}, "measured": measured,
+              "host": {"cpu": "x", "cpus": 2, "gpus": []}}
+    if not measured:
+        return {**record, "reason": "GPU tier, and this host has no NVIDIA GPU"}
+    return {**record, "threads": 2, "notes": [],
+            "llama_bench": {"pp": {"tokens_per_s": 10 * tg, "stddev": 1.0}, "tg": {"tokens_per_s": tg, "stddev": tg / 100}},
+            "task": {"load_s": 0.1, "ttft_s": 0.05, "latency_s": latency, "peak_rss_bytes": ram // 2}}
+
+
+TIERS = [
+    {"name": "small", "ram_gb": 1, "vram_gb": 0, "latency_budget_s": 2, "priority": "balanced", "max_kld": 0.05},
+    {"name": "big", "ram_gb": 32, "vram_gb": 0, "latency_budget_s": 5, "priority": "quality", "max_kld": 0.05},
+    {"name": "fast", "ram_gb": 32, "vram_gb": 0, "latency_budget_s": 5, "priority": "speed", "max_kld": 0.05},
+    {"name": "gpu", "ram_gb": 32, "vram_gb": 24, "latency_budget_s": 1, "priority": "speed", "max_kld": 0.05},
+]
+GATE = {"min_size_reduction_pct": 25, "min_tg_speedup": 1.0}
+
+
+def _validation(**klds) -> dict:
+    return {"quants": {name: {"kld_mean": kld, "gate": GATE} for name, kld in klds.items()},
+            "ships": {**{name: name for name in klds}, "IQ1_S": None}}
+
+
+def _benches(rows: dict[str, tuple[int, float, float]], big_on_small: bool = False) -> dict:
+    benches = {}
+    for tier in TIERS:
+        for name, (size, tg, latency) in rows.items():
+            ram = 2 * GIB if (big_on_small and name == "Q8_0") else GIB // 2
+            benches[(name, tier["name"])] = _bench(tier["name"], size, tg, latency, tier["name"] != "gpu", ram)
+    return benches
+
+
+ROWS = {"F16": (1000, 10.0, 9.0), "Q8_0": (530, 18.0, 1.5), "Q4_K_M": (300, 30.0, 1.0), "Q3_K_M": (250, 34.0, 0.9)}
+
+
+def test_each_priority_picks_by_its_own_rule_and_explains_exclusions():
+    report = speed_report("m", _validation(Q8_0=0.004, Q4_K_M=0.04, Q3_K_M=0.11), _benches(ROWS, big_on_small=True), "F16", TIERS)
+    recs = report["recommendations"]
+    assert recs["big"]["choice"] == "Q8_0" and recs["big"]["runner_up"] == "Q4_K_M"
+    assert recs["big"]["why"].startswith("lowest mean KLD among 3 shipped file(s)")
+    assert recs["fast"]["choice"] == "Q3_K_M"
+    # balanced: the fastest within KLD ≤ 0.05; Q8_0 does not fit 1 GB (0.8 GB usable).
+    assert recs["small"]["choice"] == "Q4_K_M" and recs["small"]["excluded"]["Q8_0"].startswith("does not fit: needs 2.")
+    # Not measured: no latency check, speed priority falls back to the smallest file.
+    assert not recs["gpu"]["measured"] and recs["gpu"]["choice"] == "Q3_K_M" and "tier not measured" in recs["gpu"]["why"]
+    assert report["builds"]["Q4_K_M"]["tiers"]["big"]["tg_speedup"] == 3.0
+    assert report["builds"]["Q8_0"]["size_reduction_pct"] == 47.0
+    assert report["withheld"] == {"IQ1_S": ["quality gate: see validation_report.json"]}
+
+
+def test_latency_budget_excludes_slow_files_on_measured_tiers():
+    rows = {**ROWS, "Q8_0": (530, 18.0, 2.5)}
+    recs = speed_report("m", _validation(Q8_0=0.004, Q4_K_M=0.04), _benches(rows), "F16", TIERS)["recommendations"]
+    assert recs["small"]["excluded"] == {"Q8_0": "reference task took 2.50 s > budget 2 s"}
+    assert recs["big"]["choice"] == "Q8_0"  # 5 s budget
+
+
+def test_size_and_speed_gates_withhold_a_build():
+    rows = {**ROWS, "Q6_K": (900, 9.0, 2.0)}  # barely smaller than F16 and slower
+    report = speed_report("m", _validation(Q8_0=0.004, Q6_K=0.009), _benches(rows), "F16", TIERS)
+    assert report["ships"]["Q6_K"] is None and report["ships"]["Q8_0"] == "Q8_0"
+    reasons = report["withheld"]["Q6_K"]
+    assert reasons[0] == "size reduction 10.0 % < 25 %"
+    assert reasons[1].startswith("generation speed-up 0.90x (at most 0.92x within one stddev) < 1.0x on small")
+    assert all(rec["choice"] != "Q6_K" for rec in report["recommendations"].values())
+
+
+def test_noise_does_not_fail_the_speed_gate():
+    rows = {**ROWS, "Q8_0": (530, 9.8, 1.5)}
+    benches = _benches(rows)
+    for tier in ("small", "big", "fast"):
+        benches[("Q8_0", tier)]["llama_bench"]["tg"]["stddev"] = 0.5  # 9.8 ± 0.5 vs 10 ± 0.1: within noise
+    report = speed_report("m", _validation(Q8_0=0.004), benches, "F16", TIERS)
+    assert report["builds"]["Q8_0"]["verdict"] == "passed" and report["builds"]["Q8_0"]["tiers"]["big"]["tg_speedup"] == 0.98

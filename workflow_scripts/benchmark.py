@@ -1,0 +1,142 @@
+"""Speed and memory of one GGUF on one hardware tier, measured on this host and labelled with it.
+
+``llama-bench -o json`` gives prompt-processing and generation tokens/s (mean ± stddev over the
+repetitions); a child process running llama-cpp-python on the toolchain's library gives model load
+time, time to first token and the end-to-end latency of the reference task, and the kernel's
+peak resident memory of that child. A GPU tier on a host without a GPU (or with a CPU-only
+toolchain) is recorded as not measured, with the reason: never estimated, never faked. A tier
+asking for more threads than the host has runs with the host's cores, and says so. The memory the
+tier would need is predicted from the file (memory_fit) and set beside the measured peak. Only
+what changes a measurement (threads, GPU layers, context) is passed in: a tier's memory size,
+budget or priority is judged later (recommend), without measuring again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from workflow_scripts.atomic import atomic_write_text
+from workflow_scripts.checksums import verify
+from workflow_scripts.errors import UserError, run_cli
+from workflow_scripts.llama_tools import parse_bench_json
+from workflow_scripts.memory_fit import model_shape, predict
+from workflow_scripts.provenance import host_info
+from workflow_scripts.tool_step import run_logged, tool_path
+
+
+def host_gpus() -> list[str]:
+    """Names and memory of this host's NVIDIA GPUs (empty without nvidia-smi or a GPU)."""
+    if not shutil.which("nvidia-smi"):
+        return []
+    proc = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+                          capture_output=True, text=True)
+    return [line.strip() for line in proc.stdout.splitlines() if line.strip()] if proc.returncode == 0 else []
+
+
+def unmeasurable(tier: dict, stamp: dict, gpus: list[str]) -> str | None:
+    """Why this host cannot measure the tier, or None."""
+    if not tier["gpu_layers"]:
+        return None
+    if not gpus:
+        return "GPU tier, and this host has no NVIDIA GPU"
+    if stamp.get("backend") != "cuda":
+        return f"GPU tier, and the toolchain was built for {stamp.get('backend')} (set toolchain.backend: cuda)"
+    return None
+
+
+def run_llama_bench(stamp: Path, gguf: Path, tier: dict, threads: int, settings: dict, log: Path) -> dict[str, Any]:
+    out = log.with_suffix(".json")
+    cmd = [str(tool_path(stamp, "llama-bench")), "-m", str(gguf), "-o", "json", "-t", str(threads),
+           "-ngl", str(tier["gpu_layers"]), "-p", str(settings["pp_tokens"]), "-n", str(settings["tg_tokens"]),
+           "-r", str(settings["repetitions"])]
+    with open(out, "w") as stdout, open(log, "w") as stderr:
+        proc = subprocess.run(cmd, stdout=stdout, stderr=stderr)
+    if proc.returncode != 0:
+        run_logged(cmd, log, "llama-bench", f"the speed of {gguf}")  # re-run for its logged error with the tail
+    try:
+        return parse_bench_json(out.read_text())
+    except ValueError as err:
+        raise UserError(f"{out}: {err}") from None
+
+
+def run_task(stamp: dict, gguf: Path, tier: dict, threads: int, settings: dict) -> dict[str, Any]:
+    """The reference task in a fresh child process, so its peak RSS is the task's alone."""
+    request = {"gguf": str(gguf), "ctx": tier["ctx"], "threads": threads, "gpu_layers": tier["gpu_layers"],
+               "prompt": settings["prompt"], "answer_tokens": settings["answer_tokens"]}
+    env = {**os.environ, "LLAMA_CPP_LIB_PATH": stamp["bin_dir"]}
+    proc = subprocess.run([sys.executable, "-m", "workflow_scripts.benchmark", "--task", json.dumps(request)],
+                          capture_output=True, env=env, text=True)
+    if proc.returncode != 0:
+        raise UserError(f"reference task on {gguf} failed: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout)
+
+
+def task(request: dict) -> dict[str, Any]:
+    """Inside the child: load, stream the answer, time first token and the whole answer; the peak
+    resident memory is the kernel's figure for this process (getrusage)."""
+    import resource
+
+    from llama_cpp import Llama
+
+    started = time.perf_counter()
+    llm = Llama(model_path=request["gguf"], n_ctx=request["ctx"], n_threads=request["threads"],
+                n_gpu_layers=request["gpu_layers"], use_mmap=True, seed=0, verbose=False)
+    loaded = time.perf_counter()
+    first = None
+    tokens = 0
+    # End of text is banned so every model answers with the same number of tokens.
+    for chunk in llm.create_completion(request["prompt"], max_tokens=request["answer_tokens"], temperature=0.0, stream=True,
+                                   logit_bias={llm.token_eos(): float("-inf")}):
+        first = first or time.perf_counter()
+        tokens += chunk["choices"][0]["finish_reason"] is None  # the closing chunk carries no token
+    done = time.perf_counter()
+    return {"load_s": round(loaded - started, 4), "ttft_s": round(first - loaded, 4), "latency_s": round(done - loaded, 4),
+            "answer_tokens": tokens, "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+def measure(stamp_path: Path, gguf: Path, tier: dict, settings: dict, log: Path) -> dict[str, Any]:
+    stamp = json.loads(stamp_path.read_text())
+    prediction = predict(model_shape(gguf), tier["ctx"], tier["gpu_layers"])
+    gpus = host_gpus()
+    result: dict[str, Any] = {"tier": tier, "file": gguf.name, "file_bytes": gguf.stat().st_size, "memory": prediction,
+                              "host": {**host_info(), "gpus": gpus}, "llama_cpp_commit": stamp.get("llama_cpp_commit")}
+    reason = unmeasurable(tier, stamp, gpus)
+    if reason:
+        return {**result, "measured": False, "reason": reason}
+    threads = min(tier["threads"], os.cpu_count() or 1)
+    bench = run_llama_bench(stamp_path, gguf, tier, threads, settings, log)
+    answer = run_task(stamp, gguf, tier, threads, settings)
+    notes = [f"tier asks for {tier['threads']} threads, host has {threads} cores"] if threads < tier["threads"] else []
+    return {**result, "measured": True, "threads": threads, "notes": notes, "llama_bench": bench, "task": answer}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", help=argparse.SUPPRESS)  # the child process of run_task
+    parser.add_argument("--stamp", type=Path)
+    parser.add_argument("--gguf", type=Path)
+    parser.add_argument("--tier-json")
+    parser.add_argument("--settings-json")
+    parser.add_argument("--verify", type=Path, action="append", default=[], help="check this file against its .sha256 first")
+    parser.add_argument("--log", type=Path)
+    parser.add_argument("--out", type=Path)
+    ns = parser.parse_args(argv)
+    if ns.task:
+        print(json.dumps(task(json.loads(ns.task))))
+        return
+    for path in ns.verify:
+        verify(path)
+    result = measure(ns.stamp, ns.gguf, json.loads(ns.tier_json), json.loads(ns.settings_json), ns.log)
+    atomic_write_text(ns.out, json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,150 @@
+"""The package's README.md: a Hugging Face model card written from the manifest alone.
+
+Everything in it is a figure the workflow measured or an input it recorded; nothing is typed in by
+hand, so the card cannot disagree with the files beside it.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+import yaml
+
+MIB = 1024 * 1024
+
+
+def _header(manifest: dict) -> str:
+    meta = {"quantized_by": "gguf-forge", "library_name": "gguf", "pipeline_tag": "text-generation",
+            "tags": ["gguf", "llama.cpp", "quantized"] + (["imatrix"] if manifest["imatrix"] else [])}
+    if manifest.get("base_model"):
+        meta = {"base_model": manifest["base_model"], **meta}
+    if manifest.get("license"):
+        meta["license"] = manifest["license"]
+    return "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n"
+
+
+def _files_table(manifest: dict) -> list[str]:
+    rows = ["| File | Type | Size (MiB) | Bits/weight | PPL | ΔPPL % | Mean KLD | Same top % | Gate |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for entry in sorted(manifest["files"], key=lambda e: -e["metrics"]["bits_per_weight"]):
+        m = entry["metrics"]
+        gate = ", ".join(f"{k} {v}" for k, v in sorted(entry["gate"].items()))
+        kind = entry["type"] + ("" if entry["build"] == entry["type"] else f" ({entry['build']})")
+        name = f"`{entry['file']}`" + (f" in {len(entry['parts'])} parts" if entry.get("parts") else "")
+        rows.append(f"| {name} | {kind} | {m['file_bytes'] / MIB:.1f} | {m['bits_per_weight']:.2f} | "
+                    f"{m['ppl']:.3f} ± {m['ppl_error']:.3f} | {m['delta_ppl_pct']:+.2f} | {m['kld_mean']:.4f} | "
+                    f"{m['same_top_pct']:.1f} | passed ({gate}) |")
+    return rows
+
+
+def _recommendations(manifest: dict) -> list[str]:
+    lines = ["", "## Which file for your hardware", "",
+             "| Tier | Priority | Recommended | Runner-up | Why |", "|---|---|---|---|---|"]
+    for tier, rec in manifest["recommendations"].items():
+        measured = "" if rec["measured"] else " (speed not measured on this host)"
+        lines.append(f"| {tier} | {rec['priority']} | {rec['choice'] or '–'} | {rec['runner_up'] or '–'} | {rec['why']}{measured} |")
+    return lines
+
+
+def _speed(manifest: dict) -> list[str]:
+    lines = []
+    for tier, ref in manifest["reference_speed"]["tiers"].items():
+        if not ref["measured"]:
+            lines += ["", f"**{tier}**: not measured: {ref['reason']}."]
+            continue
+        notes = "; ".join(ref["notes"])
+        lines += ["", f"**{tier}** ({ref['threads']} threads{'; ' + notes if notes else ''}); reference "
+                  f"{manifest['reference']['type']}: pp {ref['pp_tps']:.1f} t/s, tg {ref['tg_tps']:.1f} t/s", "",
+                  "| File | pp t/s | tg t/s | tg speed-up | load s | first token s | answer s | peak RSS MiB | fits |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for entry in manifest["files"]:
+            row = entry["speed"]["tiers"][tier]
+            lines.append(f"| `{entry['file']}` | {row['pp_tps']:.1f} ± {row['pp_stddev']:.1f} | {row['tg_tps']:.1f} ± "
+                         f"{row['tg_stddev']:.1f} | {row['tg_speedup']:.2f}x | {row['load_s']:.2f} | {row['ttft_s']:.2f} | "
+                         f"{row['latency_s']:.2f} | {row['peak_rss_bytes'] / MIB:.0f} | {row['memory']} |")
+    hosts = "; ".join(f"{h['cpu']} ({h['cpus']} CPUs{', GPUs: ' + ', '.join(h['gpus']) if h['gpus'] else ''})"
+                      for h in manifest["speed_hosts"])
+    return ["", "## Speed", "", f"Measured with llama-bench and llama-cpp-python on {hosts}: figures are that "
+            "host's, run with each tier's threads, context and GPU layers, not the tier's own hardware."] + lines \
+        if manifest["files"] else []
+
+
+def _tensor_error(manifest: dict) -> list[str]:
+    files = [e for e in manifest["files"] if e.get("tensor_error")]
+    if not files:
+        return []
+    lines = ["", "## Per-tensor error", "", "Relative RMS error of the dequantized weights against the reference "
+             "(gguf-py dequantization); the tensors that lost most are the ones a custom recipe should raise.", "",
+             "| File | Overall | Worst tensors |", "|---|---:|---|"]
+    for entry in files:
+        errors = entry["tensor_error"]
+        worst = ", ".join(f"`{w['name']}` {w['type']} {w['rel_rms']:.4f}" for w in errors["worst"][:3])
+        lines.append(f"| `{entry['file']}` | {errors['rel_rms']:.4f} | {worst} |")
+    return lines
+
+
+def _withheld(manifest: dict) -> list[str]:
+    if not manifest["withheld"]:
+        return []
+    lines = ["", "## Not published", "", "These quants were made and measured but no build of them passed its gate:", ""]
+    for item in manifest["withheld"]:
+        reasons = "; ".join(f"{build}: {', '.join(why)}" for build, why in item["reasons"].items())
+        lines.append(f"- **{item['quant']}** (tried {', '.join(item['tried'])}): {reasons}")
+    return lines
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:] + ("" if text.endswith(".") else ".")
+
+
+def _how_made(manifest: dict) -> list[str]:
+    tc, ev = manifest["toolchain"], manifest["evaluation"]
+    source = manifest["source"]
+    identity = ", ".join(f"{k} {v}" for k, v in sorted((source.get("identity") or {}).items()))
+    lines = ["", "## How these files were made", "",
+             f"- Source ({source['type']}{': ' + identity if identity else ''}): "
+             + ", ".join(f"`{f['name']}` sha256 `{f['sha256']}`" for f in source["files"]),
+             f"- Reference: {manifest['reference']['type']} made by {manifest['reference']['method']}, sha256 "
+             f"`{manifest['reference']['sha256']}`" + (f". {_sentence(manifest['reference']['note'])}" if manifest["reference"].get("note") else "")]
+    if manifest["imatrix"]:
+        cal = manifest["calibration"]
+        lines.append(f"- Importance matrix `{manifest['imatrix']['file']}` (included, sha256 `{manifest['imatrix']['sha256']}`): "
+                     f"llama-imatrix on {cal['chunks']} × {cal['ctx']} tokens of a calibration text with sha256 `{cal['sha256']}`")
+    built = (f"llama.cpp commit `{tc['llama_cpp_commit']}` (vendored in llama-cpp-python {tc['llama_cpp_python_version']})"
+             if tc.get("llama_cpp_commit") else "llama.cpp of an existing build directory (commit unknown)")
+    lines += [f"- {built}, "
+              f"backend {tc['backend']}, llama-quantize sha256 `{tc['llama_quantize_sha256']}`",
+              f"- Quality: `llama-perplexity --kl-divergence` against the reference on {ev['chunks']} × {ev['ctx']} tokens of "
+              f"held-out text (sha256 `{ev['sha256']}`, disjoint from the calibration text); reference PPL "
+              f"{ev['reference_ppl']['ppl']:.3f} ± {ev['reference_ppl']['ppl_error']:.3f}. KLD is the mean Kullback-Leibler "
+              "divergence of the quant's next-token distribution from the reference's (0 = identical); "
+              "'same top' is the share of positions where both pick the same most likely token.",
+              "", "Commands, relative to the workflow's working directory:", "", "```"]
+    lines += [shlex.join(entry["command"]) for entry in manifest["files"]]
+    lines.append("```")
+    split = [entry for entry in manifest["files"] if entry.get("parts")]
+    if split:
+        first = split[0]["parts"][0]["file"]
+        lines += ["", f"Files over {manifest['split_max_mb']} MB are split with llama-gguf-split: give llama.cpp the first "
+                  f"part (e.g. `-m {first}`) and it loads the rest; `llama-gguf-split --merge {first} "
+                  f"{split[0]['file']}` joins them into one file with the same tensors (its header differs from the "
+                  "unsplit file's, so its sha256 is not the one `manifest.json` records for the file as quantized)."]
+    return lines
+
+
+def render_card(manifest: dict) -> str:
+    """README.md for the package directory, from its manifest."""
+    title = manifest.get("base_model") or manifest["model"]
+    lines = [f"# {manifest['model']}: GGUF quantizations of {title}", ""]
+    if manifest.get("note"):
+        lines += [manifest["note"], ""]
+    lines += ["Every file below was measured against the full-precision reference and passed its quality gate; "
+              "files that failed are listed under *Not published* with the reasons.", "", "## Files", ""]
+    lines += _files_table(manifest) if manifest["files"] else ["No file passed its gate; nothing is published."]
+    lines += _recommendations(manifest) + _speed(manifest) + _tensor_error(manifest) + _withheld(manifest)
+    lines += _how_made(manifest)
+    lines += ["", "## Verify", "", "```", "sha256sum -c SHA256SUMS",
+              "python -m workflow_scripts.verify_package .   # checksums, manifest and provenance statements", "```",
+              "", f"Configuration digest `{manifest['config_sha256']}`; package assembled on {manifest['host']['cpu']} "
+              f"({manifest['host']['cpus']} CPUs). Provenance (in-toto statements) per file: `manifest.json`.", ""]
+    return _header(manifest) + "\n" + "\n".join(lines)

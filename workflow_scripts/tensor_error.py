@@ -1,0 +1,107 @@
+"""Per-tensor quantization error: which tensors lost the most, so a user knows what to raise.
+
+Each tensor the quant stores in another type than the reference is dequantized with gguf-py's
+own dequantization and compared with the reference tensor: relative RMS error
+``||dequantized - reference|| / ||reference||`` and the largest absolute error. Tensors kept in the
+reference's type (1-D norms in F32) are skipped: they were not quantized. Rows are processed in
+chunks, so memory stays bounded for large embeddings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from workflow_scripts.atomic import atomic_write_text
+from workflow_scripts.checksums import verify
+from workflow_scripts.errors import UserError, run_cli
+
+CHUNK_ELEMENTS = 1 << 22
+
+
+def _rows(tensor) -> np.ndarray:
+    """The tensor's stored data as one row per matrix row (bytes for quantized types)."""
+    data = tensor.data
+    return data.reshape(-1, data.shape[-1]) if data.ndim > 1 else data.reshape(1, -1)
+
+
+def tensor_errors(quant: Path, reference: Path) -> list[dict[str, Any]]:
+    """Relative RMS and max absolute error of every quantized tensor of ``quant`` against ``reference``."""
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    ref = {t.name: t for t in GGUFReader(reference).tensors}
+    found = []
+    for tensor in GGUFReader(quant).tensors:
+        base = ref.get(tensor.name)
+        if base is None:
+            raise UserError(f"{quant}: tensor {tensor.name} is not in the reference {reference}")
+        if int(base.n_elements) != int(tensor.n_elements):
+            raise UserError(f"{quant}: tensor {tensor.name} has {tensor.n_elements} elements, the reference {reference} "
+                            f"{base.n_elements}")
+        if tensor.tensor_type == base.tensor_type:
+            continue
+        q_rows, r_rows = _rows(tensor), _rows(base)
+        step = max(1, CHUNK_ELEMENTS // max(1, int(tensor.n_elements) // len(q_rows)))
+        err2 = ref2 = max_abs = 0.0
+        for start in range(0, len(q_rows), step):
+            got = dequantize(q_rows[start:start + step], tensor.tensor_type).astype(np.float64).ravel()
+            want = dequantize(r_rows[start:start + step], base.tensor_type).astype(np.float64).ravel()
+            diff = got - want
+            err2 += float(diff @ diff)
+            ref2 += float(want @ want)
+            max_abs = max(max_abs, float(np.abs(diff).max()))
+        found.append({"name": tensor.name, "type": tensor.tensor_type.name, "n_elements": int(tensor.n_elements),
+                      "rel_rms": (err2 / ref2) ** 0.5 if ref2 else 0.0, "max_abs": max_abs})
+    return found
+
+
+def role(name: str) -> str:
+    """``blk.12.attn_v.weight`` → ``attn_v``: what a tensor is, whatever its layer."""
+    return re.sub(r"^blk\.\d+\.", "", name).removesuffix(".weight")
+
+
+def summarize(errors: list[dict[str, Any]], worst: int) -> dict[str, Any]:
+    """Overall (element-weighted) error, per tensor type, per role, and the worst tensors."""
+    def weighted(rows: list[dict]) -> float:
+        total = sum(r["n_elements"] for r in rows)
+        return (sum(r["rel_rms"] ** 2 * r["n_elements"] for r in rows) / total) ** 0.5 if total else 0.0
+
+    by_type, by_role = defaultdict(list), defaultdict(list)
+    for row in errors:
+        by_type[row["type"]].append(row)
+        by_role[role(row["name"])].append(row)
+    return {
+        "rel_rms": weighted(errors),
+        "by_type": {t: {"tensors": len(rows), "elements": sum(r["n_elements"] for r in rows), "rel_rms": weighted(rows)}
+                    for t, rows in sorted(by_type.items())},
+        "by_role": {r: {"tensors": len(rows), "mean_rel_rms": sum(x["rel_rms"] for x in rows) / len(rows),
+                        "max_rel_rms": max(x["rel_rms"] for x in rows)} for r, rows in sorted(by_role.items())},
+        "worst": sorted(errors, key=lambda r: r["rel_rms"], reverse=True)[:worst],
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gguf", type=Path, required=True)
+    parser.add_argument("--reference", type=Path, required=True)
+    parser.add_argument("--verify", type=Path, action="append", default=[], help="check this file against its .sha256 first")
+    parser.add_argument("--worst", type=int, default=10)
+    parser.add_argument("--out", type=Path, required=True)
+    ns = parser.parse_args(argv)
+    for path in ns.verify:
+        verify(path)
+    errors = tensor_errors(ns.gguf, ns.reference)
+    result = {"quant_file": ns.gguf.name, "reference_file": ns.reference.name, "summary": summarize(errors, ns.worst),
+              "tensors": errors}
+    atomic_write_text(ns.out, json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    run_cli(main)
