@@ -3,8 +3,9 @@
 Writes a sweep config of MODELS models × 20 quant types × 5 tiers with dummy local GGUF sources,
 times ``snakemake --dry-run`` of the workflow on it, then times the dry run of a minimal Snakefile
 with the same rules' file patterns and the same number of jobs (plain rules, no input functions,
-no config checks): the floor. Prints both, the ratio and the job counts. A measurement, not a
-gate: it exits 0 unless something crashed.
+no config checks; like the workflow's, each job has an output, a log and a benchmark file): the
+floor. Prints both, the ratio and the job counts. A measurement, not a gate: it exits 0 unless
+something crashed.
 
     .venv/bin/python benchmarks/plan_scale.py --work /tmp/scale [--models 100]
 """
@@ -62,8 +63,9 @@ def floor_snakefile(work: Path, counts: dict[str, int], models: int) -> Path:
         if rule in ("all", "total"):
             continue
         per_model, extra = divmod(n, models)
-        pattern = f"results/{{model}}/{rule}/{{item}}.out"
-        rules.append(f"rule {rule}:\n    output: \"{pattern}\"\n    shell: \"touch {{output}}\"\n")
+        pattern = f"results/{{model}}/{rule}/{{item}}"
+        rules.append(f"rule {rule}:\n    output: \"{pattern}.out\"\n    log: \"{pattern}.log\"\n"
+                     f"    benchmark: \"{pattern}.tsv\"\n    shell: \"touch {{output}}\"\n")
         items = [(m, i) for m in range(models) for i in range(per_model)] + [(0, per_model + i) for i in range(extra)]
         targets += [f"results/m{m:03d}/{rule}/{i}.out" for m, i in items]
     body = "rule all:\n    input: TARGETS\n    default_target: True\n\n" + "\n".join(rules)

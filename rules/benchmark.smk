@@ -16,10 +16,14 @@ rule benchmark:
     params:
         tier=bench_tier,
         settings=json.dumps(PLAN.benchmark, sort_keys=True),
-        verify=verify_flags("gguf"),
     threads: workflow.cores
+    resources:
+        mem_mb=tier_resource("mem_mb"),
+        slurm_partition=tier_resource("partition"),
+        slurm_extra=tier_resource("slurm_extra"),
+        runtime=60,
     shell:
-        "python -m workflow_scripts.benchmark --stamp {input.stamp} --gguf {input.gguf} {params.verify}"
+        "python -m workflow_scripts.benchmark --stamp {input.stamp} --gguf {input.gguf} " + verify_options("gguf") +
         " --tier-json {params.tier:q} --settings-json {params.settings:q} --log {log} --out {output}"
 
 

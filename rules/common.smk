@@ -1,9 +1,11 @@
 # Config access, wildcard constraints and input functions shared by every stage.
+import functools
 import json
 import os
 import re
 import shlex
 import sys
+import types
 
 from snakemake.exceptions import IncompleteCheckpointException, WorkflowError
 
@@ -42,8 +44,12 @@ wildcard_constraints:
     bench=_alternatives({q for m in MODELS.values() for q in m.builds} | {REFERENCE}),
 
 
+# The reference every quant is made from, as a pattern (plain strings keep planning cheap).
+REFERENCE_GGUF = f"results/{{model}}/reference/{{model}}-{REFERENCE}.gguf"
+
+
 def reference_gguf(wildcards):
-    return f"results/{wildcards.model}/reference/{wildcards.model}-{REFERENCE}.gguf"
+    return REFERENCE_GGUF.format(model=wildcards.model)
 
 
 def reference_inputs(wildcards):
@@ -89,16 +95,9 @@ def imatrix_path(model):
     return f"results/{model}/imatrix/{model}.imatrix.gguf"
 
 
-def quantize_inputs(wildcards):
-    inputs = {**reference_inputs(wildcards), "stamp": STAMP,
-              "parity": f"results/{wildcards.model}/checks/tokenizer_parity.json"}
-    if MODELS[wildcards.model].builds[wildcards.quant].imatrix:
-        inputs["imatrix"] = imatrix_path(wildcards.model)
-    return inputs
-
-
-def quant_type(wildcards):
-    return MODELS[wildcards.model].builds[wildcards.quant].type
+def build_imatrix(wildcards):
+    """The model's imatrix for a build made with it, else nothing."""
+    return [imatrix_path(wildcards.model)] if MODELS[wildcards.model].builds[wildcards.quant].imatrix else []
 
 
 def quantize_argv(model, build_name):
@@ -112,25 +111,23 @@ def quantize_argv(model, build_name):
     return args + [f"results/{model}/reference/{model}-{REFERENCE}.gguf", "{out}", build.type]
 
 
-def quantize_args(wildcards):
-    return shlex.join(quantize_argv(wildcards.model, wildcards.quant))
+def quantize_params(wildcards, input):
+    """Everything a quantize job's command needs, from one call (planning costs per call): the
+    type, llama-quantize's arguments, the recipe the census checks, the --verify options."""
+    build = MODELS[wildcards.model].builds[wildcards.quant]
+    return types.SimpleNamespace(
+        type=build.type,
+        args=shlex.join(quantize_argv(wildcards.model, wildcards.quant)),
+        recipe=shlex.join(build.recipe),
+        verify=" ".join(f"--verify {path}" for path in [input.gguf, *input.imatrix]) if PLAN.verify_inputs else "",
+    )
 
 
-def census_args(wildcards):
-    """The recipe the census compares the output with (same overrides as the quantize call)."""
-    return shlex.join(MODELS[wildcards.model].builds[wildcards.quant].recipe)
-
-
-def verify_flags(*keys):
-    """A params function: ``--verify`` options for the named inputs of a job (GGUFs, logits it
-    reads), or nothing when verify_inputs is switched off."""
-
-    def flags(wildcards, input):
-        if not PLAN.verify_inputs:
-            return ""
-        return " ".join(f"--verify {input[key]}" for key in keys if key in input.keys())
-
-    return flags
+def verify_options(*keys):
+    """``--verify`` options for the named inputs, written into a rule's shell command at parse
+    time (no per-job function: planning a large sweep pays per call), or nothing when
+    verify_inputs is switched off."""
+    return " ".join(f"--verify {{input.{key}}}" for key in keys) if PLAN.verify_inputs else ""
 
 
 def model_imatrix(wildcards):
@@ -280,6 +277,49 @@ def get_final_output():
         outputs.append(f"results/{name}/validation_report.json")
         outputs += [f"results/{name}/quant/{name}-{q}.census.json" for q in plan.quants]
     return outputs
+
+
+@functools.cache
+def reference_mb(model):
+    """Size of the model's reference in MB, estimated from its source before anything is made
+    (one stat per model): a quantized GGUF source grows about 4x when dequantized to F16, an
+    HF checkpoint keeps its size; a Hub source is not known before it is fetched (0)."""
+    from workflow_scripts.sources import resolve_gguf_path, check_hf_dir
+
+    source = MODELS[model].source
+    if source["type"] == "gguf":
+        return 4 * os.path.getsize(resolve_gguf_path(source)) / 1e6
+    if source["type"] == "local":
+        return sum(os.path.getsize(p) for p in check_hf_dir(source["path"], source.get("allow_pickle", False))) / 1e6
+    return 0
+
+
+def mem_mb(factor, floor=1000):
+    """A resources function: memory for a job as a multiple of the model's reference size
+    (what SLURM jobs are sized from), at least ``floor`` MB."""
+
+    def from_model(wildcards):
+        return max(floor, int(factor * reference_mb(wildcards.model)))
+
+    return from_model
+
+
+def tier_resource(key, default=""):
+    """A resources function: a benchmark job asks the cluster for its tier's hardware."""
+
+    def resource(wildcards):
+        tier = PLAN.tiers[wildcards.tier]
+        if key == "mem_mb":
+            return int(tier["ram_gb"] * 1000)
+        if key == "slurm_extra":
+            gpus = tier["resources"].get("gpus", 1 if tier["gpu_layers"] else 0)
+            constraint = tier["resources"].get("constraint")
+            # --exclusive: a node to itself while a speed figure is taken, as on a workstation.
+            return " ".join(["--exclusive"] + ([f"--gres=gpu:{gpus}"] if gpus else [])
+                            + ([f"--constraint={constraint}"] if constraint else []))
+        return tier["resources"].get(key, default)
+
+    return resource
 
 
 def toolchain_args():

@@ -14,6 +14,9 @@ rule convert:
         "results/logs/convert/{model}-{reftype}.log",
     benchmark:
         "results/benchmarks/convert/{model}-{reftype}.tsv"
+    resources:
+        mem_mb=4000,
+        runtime=120,
     shell:
         "python -m workflow_scripts.convert --stamp {input.stamp} --source-manifest {input.manifest}"
         " --outtype {wildcards.reftype} --out {output.gguf} --record {output.record} --log {log}"
@@ -21,7 +24,8 @@ rule convert:
 
 rule tokenizer_parity:
     input:
-        unpack(reference_inputs),
+        gguf=REFERENCE_GGUF,
+        sha=f"{REFERENCE_GGUF}.sha256",
         stamp=STAMP,
         manifest="results/{model}/source/source.json",
         text="results/{model}/imatrix/calibration.txt",

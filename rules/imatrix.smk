@@ -17,7 +17,8 @@ rule calibration_text:
 
 rule imatrix:
     input:
-        unpack(reference_inputs),
+        gguf=REFERENCE_GGUF,
+        sha=f"{REFERENCE_GGUF}.sha256",
         stamp=STAMP,
         text="results/{model}/imatrix/calibration.txt",
         parity="results/{model}/checks/tokenizer_parity.json",
@@ -30,10 +31,12 @@ rule imatrix:
         "results/benchmarks/imatrix/{model}.tsv"
     params:
         calibration=imatrix_params,
-        verify=verify_flags("gguf"),
     threads: 8
+    resources:
+        mem_mb=mem_mb(1.5, 2000),
+        runtime=240,
     shell:
         "python -m workflow_scripts.tool_step --stamp {input.stamp} --output {output.imatrix}"
-        " --log {log} {params.verify} --"
+        " --log {log} " + verify_options("gguf") + " --"
         " llama-imatrix -m {input.gguf} -f {input.text} -o {{out}} --output-format gguf"
         " {params.calibration} -t {threads} --no-ppl"

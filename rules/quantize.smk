@@ -1,10 +1,14 @@
-# One llama-quantize per model × build (a quant type, a variant, or a fallback try), then the recipe check (the output's tensor types
-# against what was asked), and the per-model SHA256SUMS of everything made.
+# One llama-quantize per model × build (a quant type, a variant, or a fallback try), then the
+# recipe check (the output's tensor types against what was asked), and the per-model SHA256SUMS.
 
 
 rule quantize:
     input:
-        unpack(quantize_inputs),
+        gguf=REFERENCE_GGUF,
+        sha=f"{REFERENCE_GGUF}.sha256",
+        stamp=STAMP,
+        parity="results/{model}/checks/tokenizer_parity.json",
+        imatrix=build_imatrix,
     output:
         gguf="results/{model}/quant/{model}-{quant}.gguf",
         sha="results/{model}/quant/{model}-{quant}.gguf.sha256",
@@ -14,24 +18,25 @@ rule quantize:
     benchmark:
         "results/benchmarks/quantize/{model}-{quant}.tsv"
     params:
-        args=quantize_args,
-        type=quant_type,
-        recipe=census_args,
-        verify=verify_flags("gguf", "imatrix"),
+        q=quantize_params,
     threads: 8
+    resources:
+        mem_mb=mem_mb(1.5),
+        runtime=120,
     shell:
-        "python -m workflow_scripts.gguf_census --preflight {input.gguf} --quant {params.type}"
-        " {params.recipe} > {log}"
+        "python -m workflow_scripts.gguf_census --preflight {input.gguf} --quant {params.q.type}"
+        " {params.q.recipe} > {log}"
         " && python -m workflow_scripts.tool_step --stamp {input.stamp} --output {output.gguf}"
-        " --log {log} {params.verify} --"
-        " llama-quantize {params.args} {threads}"
-        " && python -m workflow_scripts.gguf_census --gguf {output.gguf} --quant {params.type}"
-        " {params.recipe} --quantize-log {log} --out {output.census} >> {log} 2>&1"
+        " --log {log} {params.q.verify} --"
+        " llama-quantize {params.q.args} {threads}"
+        " && python -m workflow_scripts.gguf_census --gguf {output.gguf} --quant {params.q.type}"
+        " {params.q.recipe} --quantize-log {log} --out {output.census} >> {log} 2>&1"
 
 
 rule sha256sums:
     input:
-        unpack(reference_inputs),
+        gguf=REFERENCE_GGUF,
+        sha=f"{REFERENCE_GGUF}.sha256",
         quants=model_quants,
         imatrix=model_imatrix,
     output:

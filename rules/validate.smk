@@ -5,7 +5,8 @@
 
 rule reference_logits:
     input:
-        unpack(reference_inputs),
+        gguf=REFERENCE_GGUF,
+        sha=f"{REFERENCE_GGUF}.sha256",
         stamp=STAMP,
         text=PLAN.evaluation["text"],
     output:
@@ -18,11 +19,13 @@ rule reference_logits:
         "results/benchmarks/reference_logits/{model}.tsv"
     params:
         evaluation=evaluation_params(),
-        verify=verify_flags("gguf"),
     threads: 8
+    resources:
+        mem_mb=mem_mb(1.5, 2000),
+        runtime=240,
     shell:
         "python -m workflow_scripts.tool_step --stamp {input.stamp} --output {output.logits}"
-        " --log {log} {params.verify} --"
+        " --log {log} " + verify_options("gguf") + " --"
         " llama-perplexity -m {input.gguf} -f {input.text} {params.evaluation} -t {threads}"
         " --kl-divergence-base {{out}}"
         " && python -m workflow_scripts.validate reference --log {log} --out {output.reference}"
@@ -40,17 +43,19 @@ rule validate_quant:
         "results/logs/validate/{model}-{quant}.log",
     benchmark:
         "results/benchmarks/validate/{model}-{quant}.tsv"
-    params:
-        verify=verify_flags("gguf", "logits"),
     threads: 8
+    resources:
+        mem_mb=mem_mb(1.2, 2000),
+        runtime=120,
     shell:
         "python -m workflow_scripts.validate quant --name {wildcards.quant} --stamp {input.stamp} --gguf {input.gguf}"
-        " --logits {input.logits} --census {input.census} {params.verify} --threads {threads} --log {log} --out {output}"
+        " --logits {input.logits} --census {input.census} " + verify_options("gguf", "logits") + " --threads {threads} --log {log} --out {output}"
 
 
 rule sanity_reference:
     input:
-        unpack(reference_inputs),
+        gguf=REFERENCE_GGUF,
+        sha=f"{REFERENCE_GGUF}.sha256",
         stamp=STAMP,
     output:
         "results/{model}/validate/reference.sanity.json",
@@ -60,10 +65,9 @@ rule sanity_reference:
         "results/benchmarks/sanity/{model}-reference.tsv"
     params:
         settings=sanity_settings(),
-        verify=verify_flags("gguf"),
     threads: 4
     shell:
-        "python -m workflow_scripts.sanity --stamp {input.stamp} --gguf {input.gguf} {params.verify}"
+        "python -m workflow_scripts.sanity --stamp {input.stamp} --gguf {input.gguf} " + verify_options("gguf") +
         " --settings-json {params.settings:q} --threads {threads} --out {output} > {log} 2>&1"
 
 
@@ -80,16 +84,16 @@ rule sanity_quant:
         "results/benchmarks/sanity/{model}-{quant}.tsv"
     params:
         settings=sanity_settings(),
-        verify=verify_flags("gguf"),
     threads: 4
     shell:
-        "python -m workflow_scripts.sanity --stamp {input.stamp} --gguf {input.gguf} {params.verify} --reference {input.reference}"
+        "python -m workflow_scripts.sanity --stamp {input.stamp} --gguf {input.gguf} " + verify_options("gguf") + " --reference {input.reference}"
         " --settings-json {params.settings:q} --threads {threads} --out {output} > {log} 2>&1"
 
 
 rule tensor_error:
     input:
-        unpack(reference_inputs),
+        gguf=REFERENCE_GGUF,
+        sha=f"{REFERENCE_GGUF}.sha256",
         quant="results/{model}/quant/{model}-{quant}.gguf",
     output:
         "results/{model}/validate/{quant}.tensors.json",
@@ -97,10 +101,11 @@ rule tensor_error:
         "results/logs/tensor_error/{model}-{quant}.log",
     benchmark:
         "results/benchmarks/tensor_error/{model}-{quant}.tsv"
-    params:
-        verify=verify_flags("quant", "gguf"),
+    resources:
+        mem_mb=mem_mb(1.0, 1000),
+        runtime=60,
     shell:
-        "python -m workflow_scripts.tensor_error --gguf {input.quant} --reference {input.gguf} {params.verify}"
+        "python -m workflow_scripts.tensor_error --gguf {input.quant} --reference {input.gguf} " + verify_options("quant", "gguf") +
         " --worst 10 --out {output} > {log} 2>&1"
 
 

@@ -104,6 +104,14 @@ for path in sys.argv[1:]:
     assert len(proc.stdout.splitlines()) == len(QUANTS)
 
 
+def test_each_expensive_step_runs_once_per_model(demo):
+    workdir, _, _ = demo
+    jobs = {stage.name: len(list(stage.glob("*.tsv"))) for stage in (workdir / "results" / "benchmarks").iterdir()}
+    assert jobs["convert"] == jobs["imatrix"] == jobs["reference_logits"] == 1
+    assert jobs["quantize"] == jobs["validate"] == jobs["tensor_error"] == len(QUANTS) + 1  # + the IQ4_XS retry
+    assert jobs["benchmark"] == 3 * len(QUANTS) + 3  # shipped builds and the reference, on three tiers
+
+
 def test_second_run_does_nothing(demo):
     workdir, config, _ = demo
     before = {p: p.stat().st_mtime_ns for p in (workdir / "results").rglob("*.gguf")}
