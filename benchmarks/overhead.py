@@ -40,7 +40,7 @@ def timed(cmd: list[str], cwd: Path, log: Path) -> float:
 
 def shell_commands(log_text: str) -> list[str]:
     """Every job's shell command, in the order Snakemake started them."""
-    return [m.group(1) for m in re.finditer(r"^Shell command: (.*)$", log_text, re.M)]
+    return [m.group(1) for m in re.finditer(r"^Shell command: (.*)$", log_text, re.M) if m.group(1) != "None"]
 
 
 def directories(command: str) -> set[str]:
@@ -63,7 +63,7 @@ def main() -> None:
     commands = shell_commands((ns.work / "workflow.log").read_text())
     script = plain / "run.sh"
     script.write_text("set -euo pipefail\n" + f"export PATH={Path(sys.executable).parent}:$PATH\n"
-                      + "".join(f"mkdir -p {' '.join(sorted(directories(c)))}\n{c}\n" for c in commands))
+                      + "".join(f"mkdir -p . {' '.join(sorted(directories(c)))}\n{c}\n" for c in commands))
     script_s = timed(["bash", str(script)], plain, ns.work / "script.log")
     noop_s = timed(snakemake, flow, ns.work / "noop.log")
     noop_jobs = (ns.work / "noop.log").read_text().count("Shell command:")
