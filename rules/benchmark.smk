@@ -20,7 +20,10 @@ rule benchmark:
     resources:
         mem_mb=tier_resource("mem_mb"),
         slurm_partition=tier_resource("partition"),
-        slurm_extra=tier_resource("slurm_extra"),
+        constraint=tier_resource("constraint", None),
+        gpu=tier_resource("gpu"),
+        # A node to itself while a speed figure is taken, as on a workstation.
+        slurm_extra="--exclusive",
         runtime=60,
     shell:
         "python -m workflow_scripts.benchmark --stamp {input.stamp} --gguf {input.gguf} " + verify_options("gguf") +

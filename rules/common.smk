@@ -1,5 +1,6 @@
 # Config access, wildcard constraints and input functions shared by every stage.
 import functools
+import inspect
 import json
 import os
 import re
@@ -7,6 +8,7 @@ import shlex
 import sys
 import types
 
+from snakemake.common import overwrite_function_params
 from snakemake.exceptions import IncompleteCheckpointException, WorkflowError
 
 from workflow_scripts.config import build_plan
@@ -21,6 +23,14 @@ try:
     PLAN = build_plan(config, source_name=" + ".join(map(str, workflow.configfiles)) or "config")
 except UserError as err:
     raise WorkflowError(f"invalid configuration: {err}") from None
+
+
+def per_job(func):
+    """Mark an input, params or resources function: its parameters are recorded once, where
+    Snakemake would otherwise inspect its signature again for every job it plans."""
+    overwrite_function_params(func, inspect.signature(func).parameters)
+    return func
+
 
 MODELS = PLAN.models
 MODEL_CONFIG = {model["name"]: model for model in config["models"]}
@@ -57,6 +67,7 @@ def reference_inputs(wildcards):
     return {"gguf": gguf, "sha": f"{gguf}.sha256"}
 
 
+@per_job
 def source_inputs(wildcards):
     """Files whose change must re-run the source step: the GGUF, or the local directory's files."""
     from workflow_scripts.sources import resolve_gguf_path, check_hf_dir
@@ -67,10 +78,12 @@ def source_inputs(wildcards):
     return [str(p) for p in check_hf_dir(source["path"], source.get("allow_pickle", False))]
 
 
+@per_job
 def source_json(wildcards):
     return json.dumps(MODELS[wildcards.model].source, sort_keys=True)
 
 
+@per_job
 def parity_reference(wildcards):
     """What the converted tokenizer is compared with: the source GGUF's, or the HF tokenizer."""
     from workflow_scripts.sources import resolve_gguf_path
@@ -82,10 +95,12 @@ def parity_reference(wildcards):
     return shlex.join(["--hf-dir", hf_dir])
 
 
+@per_job
 def calibration_source(wildcards):
     return MODELS[wildcards.model].calibration["text"]
 
 
+@per_job
 def imatrix_params(wildcards):
     cal = MODELS[wildcards.model].calibration
     return f"--chunks {cal['chunks']} -c {cal['ctx']}"
@@ -95,6 +110,7 @@ def imatrix_path(model):
     return f"results/{model}/imatrix/{model}.imatrix.gguf"
 
 
+@per_job
 def build_imatrix(wildcards):
     """The model's imatrix for a build made with it, else nothing."""
     return [imatrix_path(wildcards.model)] if MODELS[wildcards.model].builds[wildcards.quant].imatrix else []
@@ -111,6 +127,7 @@ def quantize_argv(model, build_name):
     return args + [f"results/{model}/reference/{model}-{REFERENCE}.gguf", "{out}", build.type]
 
 
+@per_job
 def quantize_params(wildcards, input):
     """Everything a quantize job's command needs, from one call (planning costs per call): the
     type, llama-quantize's arguments, the recipe the census checks, the --verify options."""
@@ -130,6 +147,7 @@ def verify_options(*keys):
     return " ".join(f"--verify {{input.{key}}}" for key in keys) if PLAN.verify_inputs else ""
 
 
+@per_job
 def model_imatrix(wildcards):
     return [imatrix_path(wildcards.model)] if MODELS[wildcards.model].imatrix else []
 
@@ -162,6 +180,7 @@ def _with_pending(paths, pending):
     return [missing.targetfile for missing in pending] + paths
 
 
+@per_job
 def model_quants(wildcards):
     """Every GGUF built for the model, fallback builds included."""
     m = wildcards.model
@@ -169,6 +188,7 @@ def model_quants(wildcards):
     return _with_pending([f"results/{m}/quant/{m}-{b}.gguf" for builds in tried.values() for b in builds], pending)
 
 
+@per_job
 def model_verdicts(wildcards):
     m = wildcards.model
     tried, pending = attempts(m)
@@ -193,6 +213,7 @@ def quality_ships(model):
     return ships, pending
 
 
+@per_job
 def model_benchmarks(wildcards):
     """Every tier's figures for each build that passed its quality gate, and for the reference."""
     m = wildcards.model
@@ -201,6 +222,7 @@ def model_benchmarks(wildcards):
     return _with_pending([f"results/{m}/benchmark/{t}/{b}.json" for t in PLAN.tiers for b in names], pending)
 
 
+@per_job
 def bench_gguf(wildcards):
     m, name = wildcards.model, wildcards.bench
     if name == REFERENCE:
@@ -209,12 +231,14 @@ def bench_gguf(wildcards):
     return {"gguf": gguf, "sha": f"{gguf}.sha256"}
 
 
+@per_job
 def bench_tier(wildcards):
     """What of a tier changes a measurement (memory size, budget and priority are judged later)."""
     tier = PLAN.tiers[wildcards.tier]
     return json.dumps({k: tier[k] for k in ("name", "threads", "gpu_layers", "ctx")}, sort_keys=True)
 
 
+@per_job
 def attempts_json(wildcards):
     tried, pending = attempts(wildcards.model)
     if pending:
@@ -222,6 +246,7 @@ def attempts_json(wildcards):
     return json.dumps(tried)
 
 
+@per_job
 def build_json(wildcards):
     """What the verdict records of a build: type, imatrix, recipe, the quant it stands for, its gate."""
     plan = MODELS[wildcards.model]
@@ -246,6 +271,7 @@ def sanity_settings():
     return json.dumps(config["sanity"], sort_keys=True)
 
 
+@per_job
 def package_settings(wildcards):
     """What the package records of a model's plan: commands per build, inputs, card fields."""
     m = wildcards.model
@@ -262,6 +288,7 @@ def package_settings(wildcards):
     }, sort_keys=True)
 
 
+@per_job
 def package_texts(wildcards):
     texts = {"evaluation": PLAN.evaluation["text"]}
     if MODELS[wildcards.model].imatrix:
@@ -298,6 +325,7 @@ def mem_mb(factor, floor=1000):
     """A resources function: memory for a job as a multiple of the model's reference size
     (what SLURM jobs are sized from), at least ``floor`` MB."""
 
+    @per_job
     def from_model(wildcards):
         return max(floor, int(factor * reference_mb(wildcards.model)))
 
@@ -307,16 +335,13 @@ def mem_mb(factor, floor=1000):
 def tier_resource(key, default=""):
     """A resources function: a benchmark job asks the cluster for its tier's hardware."""
 
+    @per_job
     def resource(wildcards):
         tier = PLAN.tiers[wildcards.tier]
         if key == "mem_mb":
             return int(tier["ram_gb"] * 1000)
-        if key == "slurm_extra":
-            gpus = tier["resources"].get("gpus", 1 if tier["gpu_layers"] else 0)
-            constraint = tier["resources"].get("constraint")
-            # --exclusive: a node to itself while a speed figure is taken, as on a workstation.
-            return " ".join(["--exclusive"] + ([f"--gres=gpu:{gpus}"] if gpus else [])
-                            + ([f"--constraint={constraint}"] if constraint else []))
+        if key == "gpu":  # the SLURM plugin's own GPU request (--gpus); 0 asks for none
+            return tier["resources"].get("gpus", 1 if tier["gpu_layers"] else 0)
         return tier["resources"].get(key, default)
 
     return resource

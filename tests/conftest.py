@@ -6,6 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -75,3 +76,16 @@ def tiny_f16(tiny_hf, toolchain_stamp, tmp_path_factory) -> Path:
     stamp = json.loads(toolchain_stamp.read_text())
     convert_hf(stamp["convert_script"], tiny_hf, "F16", out, out.with_suffix(".log"))
     return out
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory, toolchain_root) -> SimpleNamespace:
+    """A finished local run of the default config (only the calibration path made absolute), with
+    its SHA256SUMS as first written (later tests change that workdir)."""
+    from workflow_run import snakemake, write_config
+
+    workdir = tmp_path_factory.mktemp("demo")
+    config = write_config(workdir, {"calibration": {"text": str(CALIBRATION)}})
+    proc = snakemake(workdir, config)
+    sums = (workdir / "results" / "smollm2-135m" / "SHA256SUMS").read_text()
+    return SimpleNamespace(workdir=workdir, config=config, proc=proc, sha256sums=sums)

@@ -12,8 +12,8 @@ from snakemake.settings.types import ConfigSettings, DAGSettings, OutputSettings
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def planned_jobs(workdir: Path, configfile: Path, targets: tuple[str, ...] = ()) -> Counter:
-    """Jobs a dry run of the workflow would execute in ``workdir``, counted per rule."""
+def _dry_run(workdir: Path, configfile: Path, targets: tuple[str, ...], read):
+    """``read(jobs)`` of the jobs a dry run of the workflow would execute in ``workdir``."""
     with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
         workflow_api = api.workflow(
             resource_settings=ResourceSettings(cores=2),
@@ -23,5 +23,16 @@ def planned_jobs(workdir: Path, configfile: Path, targets: tuple[str, ...] = ())
         )
         dag_api = workflow_api.dag(DAGSettings(targets=frozenset(targets)))
         dag_api.execute_workflow(executor="dryrun")
-        dag = workflow_api._workflow.dag
-        return Counter(job.rule.name for job in dag.needrun_jobs(exclude_finished=False) if job.rule.name != "all")
+        return read(workflow_api._workflow.dag.needrun_jobs(exclude_finished=False))
+
+
+def planned_jobs(workdir: Path, configfile: Path, targets: tuple[str, ...] = ()) -> Counter:
+    """Jobs a dry run of the workflow would execute in ``workdir``, counted per rule."""
+    return _dry_run(workdir, configfile, targets,
+                    lambda jobs: Counter(job.rule.name for job in jobs if job.rule.name != "all"))
+
+
+def planned_resources(workdir: Path, configfile: Path, rule: str, targets: tuple[str, ...]) -> list[dict]:
+    """The wildcards and resources of each planned job of ``rule``."""
+    return _dry_run(workdir, configfile, targets, lambda jobs: [
+        {**dict(job.wildcards.items()), **dict(job.resources.items())} for job in jobs if job.rule.name == rule])

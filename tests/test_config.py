@@ -4,6 +4,7 @@ import copy
 
 import pytest
 
+from stub_sources import EMPTY_GGUF, write_hf_dir
 from workflow_scripts.config import build_plan, quantize_args
 from workflow_scripts.errors import UserError
 
@@ -11,9 +12,9 @@ from workflow_scripts.errors import UserError
 @pytest.fixture
 def base(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "m.gguf").write_bytes(b"GGUF")
-    (tmp_path / "hf").mkdir()
-    (tmp_path / "cal.txt").write_text("text " * 400)
+    (tmp_path / "m.gguf").write_bytes(EMPTY_GGUF)
+    write_hf_dir(tmp_path / "hf")
+    (tmp_path / "cal.txt").write_text("text " * 2100)  # 20 chunks × 512 tokens need 10240 bytes
     return {
         "calibration": {"text": "cal.txt"},
         "models": [

@@ -5,17 +5,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dag import planned_jobs
+from dag import planned_jobs, planned_resources
+from stub_sources import EMPTY_GGUF, write_hf_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _config(tmp_path, quants_a, quants_b):
-    (tmp_path / "a.gguf").write_bytes(b"GGUF")
-    hf = tmp_path / "hf-b"
-    hf.mkdir(exist_ok=True)
-    (hf / "config.json").write_text("{}")
-    (hf / "model.safetensors").write_bytes(b"weights")
+    (tmp_path / "a.gguf").write_bytes(EMPTY_GGUF)
+    hf = write_hf_dir(tmp_path / "hf-b")
     return {
         "calibration": {"text": str(ROOT / "config" / "data" / "calibration.txt")},
         "models": [
@@ -71,3 +69,29 @@ def test_bad_config_fails_before_any_job_with_the_field_named(tmp_path, change, 
         _plan(tmp_path, config)
     assert message in str(err.value)
     assert not (tmp_path / "results").exists()
+
+
+def test_benchmark_jobs_ask_slurm_for_their_tier(tmp_path):
+    """Memory, partition, node constraint and GPUs through the SLURM plugin's own resources (it
+    refuses --gres or --constraint inside slurm_extra), and a node to itself."""
+    from types import SimpleNamespace
+    from snakemake_executor_plugin_slurm.validation import validate_slurm_extra
+
+    config = _config(tmp_path, ["Q8_0"], ["Q8_0"])
+    config["tiers"] = [
+        {"name": "cpu-a", "threads": 4, "ram_gb": 8, "latency_budget_s": 10,
+         "resources": {"constraint": "avx512", "partition": "fast"}},
+        {"name": "cpu-b", "threads": 4, "ram_gb": 16, "latency_budget_s": 10},
+        {"name": "gpu-a", "threads": 4, "ram_gb": 32, "vram_gb": 24, "gpu_layers": 99, "latency_budget_s": 10},
+    ]
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    jobs = planned_resources(tmp_path, path, "benchmark", tuple(f"results/a/benchmark/{t}/F16.json"
+                                                               for t in ("cpu-a", "cpu-b", "gpu-a")))
+    by_tier = {job["tier"]: job for job in jobs}
+    assert by_tier["cpu-a"]["constraint"] == "avx512" and by_tier["cpu-a"]["slurm_partition"] == "fast"
+    assert "constraint" not in by_tier["cpu-b"] and by_tier["cpu-b"]["mem_mb"] == 16000
+    assert [by_tier[t]["gpu"] for t in ("cpu-a", "cpu-b", "gpu-a")] == [0, 0, 1]
+    for job in jobs:
+        assert job["slurm_extra"] == "--exclusive"
+        validate_slurm_extra(SimpleNamespace(resources=SimpleNamespace(slurm_extra=job["slurm_extra"])))

@@ -25,12 +25,8 @@ CALIBRATION = ROOT / "config" / "data" / "calibration.txt"
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory, toolchain_root):
-    """A finished run of the default config (only the calibration path made absolute)."""
-    workdir = tmp_path_factory.mktemp("demo")
-    config = write_config(workdir, {"calibration": {"text": str(CALIBRATION)}})
-    proc = snakemake(workdir, config)
-    return workdir, config, proc
+def demo(demo_run):
+    return demo_run.workdir, demo_run.config, demo_run.proc
 
 
 def _quant(workdir: Path, quant: str) -> Path:

@@ -1,6 +1,7 @@
 """The HF path end to end: a tiny Llama in HF format → convert → parity → imatrix → quants."""
 
 import json
+import re
 import subprocess
 
 import pytest
@@ -59,6 +60,24 @@ def test_a_changed_source_file_is_noticed(tiny_run, tiny_hf, tmp_path):
         weights.write_bytes(original)
 
 
+def test_a_tampered_quant_is_refused_by_its_consumers(tiny_run):
+    """One byte of a finished quant changed in place: the next job reading it stops, naming it."""
+    workdir, config = tiny_run
+    quant = workdir / "results/tiny/quant/tiny-Q8_0.gguf"
+    original = quant.read_bytes()
+    data = bytearray(original)
+    data[len(data) // 2] ^= 0x01
+    quant.write_bytes(bytes(data))
+    try:
+        proc = snakemake(workdir, config, check=False)
+        assert proc.returncode != 0
+        assert "tiny-Q8_0.gguf: checksum mismatch" in proc.stdout + proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert not list((workdir / "results").rglob("*.partial"))
+    finally:
+        quant.write_bytes(original)
+
+
 def test_a_tampered_reference_is_refused_by_its_consumer(tiny_run):
     from workflow_scripts.checksums import sha256_file
 
@@ -107,3 +126,50 @@ def test_bf16_reference_and_an_existing_build_directory(tiny_hf, toolchain_root,
     quant = GGUFReader(tmp_path / "results/tiny/quant/tiny-Q8_0.gguf")
     assert "quantize.imatrix.file" not in quant.fields
     assert not list((tmp_path / "results/tiny").rglob("*.imatrix.gguf"))
+
+
+def _job_timeline(log: str) -> list[tuple[str, int, str, int]]:
+    """('start'|'end', jobid, rule, threads) in the order Snakemake's job log reports them (a
+    job's block lists its jobid and, unless it is 1, its threads)."""
+    events, block, rules = [], None, {}
+    for line in log.splitlines():
+        if block is not None and not line.startswith("    "):
+            rules[block["jobid"]] = (block["rule"], block.get("threads", 1))
+            events.append(("start", block["jobid"], *rules[block["jobid"]]))
+            block = None
+        if header := re.match(r"^(?:local)?(?:rule|checkpoint) (\w+):$", line):
+            block = {"rule": header.group(1)}
+        elif block is not None and (field := re.match(r"^\s+(jobid|threads): (\d+)$", line)):
+            block[field.group(1)] = int(field.group(2))
+        elif finished := re.match(r"^Finished jobid: (\d+)", line):
+            events.append(("end", int(finished.group(1)), *rules[int(finished.group(1))]))
+    return events
+
+
+def test_jobs_share_the_cores_without_oversubscribing(tiny_hf, toolchain_root, tmp_path):
+    """--cores 2 with one-thread quantize/validate jobs: two run side by side, the threads of the
+    running jobs never add up to more than 2, each tool gets its job's threads, and a benchmark
+    job always runs alone."""
+    laptop = {"name": "laptop-8gb", "threads": 2, "ram_gb": 8, "latency_budget_s": 10}
+    config = write_config(tmp_path, {
+        "calibration": {"text": str(CALIBRATION), "chunks": 4, "ctx": 128},
+        "quants": ["Q8_0", "Q6_K", "Q5_0", "Q4_0"], "tiers": [laptop],
+        "models": [{"name": "tiny", "source": {"type": "local", "path": str(tiny_hf)}}],
+    })
+    proc = snakemake(tmp_path, config, "--cores", "2", "--set-threads", "quantize=1", "validate_quant=1")
+    running, most_side_by_side, alone = {}, 0, []
+    for kind, job, rule, threads in _job_timeline(proc.stderr):
+        if kind == "end":
+            del running[job]
+            continue
+        running[job] = (rule, threads)
+        assert sum(t for _, t in running.values()) <= 2, running
+        most_side_by_side = max(most_side_by_side, sum(r in ("quantize", "validate_quant") for r, _ in running.values()))
+        if rule == "benchmark" or any(r == "benchmark" for r, _ in running.values()):
+            alone.append(len(running) == 1)
+    assert most_side_by_side == 2
+    assert alone and all(alone)
+    # The tools' own logs say how many threads they ran with: the job's, not the machine's.
+    for quant in ("Q8_0", "Q6_K", "Q5_0", "Q4_0"):
+        assert f"as {quant} using 1 threads" in (tmp_path / f"results/logs/quantize/tiny-{quant}.log").read_text()
+        assert "system_info: n_threads = 1 " in (tmp_path / f"results/logs/validate/tiny-{quant}.log").read_text()

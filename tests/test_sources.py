@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from stub_sources import safetensors_bytes
 from workflow_scripts.checksums import sha256_file
 from workflow_scripts.errors import UserError
 from workflow_scripts.sources import (
-    check_gguf_file, check_hf_dir, check_hub_listing, gguf_to_reference, hub_allow_patterns, main,
+    check_gguf_file, check_hf_dir, check_hub_listing, gguf_data_end, gguf_to_reference, hub_allow_patterns, main,
     source_manifest,
 )
 
@@ -78,6 +79,14 @@ def test_not_a_gguf_is_refused_naming_the_file(tmp_path):
         check_gguf_file(bad)
     with pytest.raises(UserError, match=r"absent.gguf: GGUF file does not exist"):
         check_gguf_file(tmp_path / "absent.gguf")
+
+
+def test_header_scan_finds_where_the_data_ends_as_gguf_py_does(tmp_path, smollm2_gguf):
+    from gguf import GGUFReader
+
+    small = _small_gguf(tmp_path / "small.gguf")
+    assert gguf_data_end(small) == max(t.data_offset + t.n_bytes for t in GGUFReader(small).tensors)
+    assert gguf_data_end(smollm2_gguf) == smollm2_gguf.stat().st_size  # 49k-token tokenizer arrays stepped over
 
 
 @pytest.mark.parametrize("keep", [0.95, 0.3])  # cut in the tensor data / cut in the header
@@ -156,7 +165,10 @@ def _hf_dir(tmp_path, *files):
     d = tmp_path / "m"
     d.mkdir()
     for name in files:
-        (d / name).write_text("{}" if name.endswith(".json") else "x")
+        if name.endswith(".safetensors"):
+            (d / name).write_bytes(safetensors_bytes({"w": 4}))
+        else:
+            (d / name).write_text("{}" if name.endswith(".json") else "x")
     return d
 
 
@@ -211,12 +223,14 @@ def test_hub_patterns_and_pickle_refusal():
 def test_unreachable_hub_is_a_user_error_and_the_token_is_not_shown(tmp_path):
     """The real download code path, against an endpoint where nothing listens."""
     source = {"type": "hf", "repo_id": "org/model", "revision": "main"}
-    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_TOKEN": "hf_secretvalue123"}
+    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_TOKEN": "hf_secretvalue123",
+           "HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_OFFLINE": "0"}
     proc = subprocess.run([sys.executable, "-m", "workflow_scripts.sources", "manifest", "--source-json",
                            json.dumps(source), "--dest", str(tmp_path / "hf"), "--out", str(tmp_path / "s.json")],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("gguf-forge error: hf repository org/model@main: the Hub could not be reached")
+    assert "set HF_HUB_OFFLINE=1 to use what the Hugging Face cache holds" in proc.stderr
     assert "hf_secretvalue123" not in proc.stdout + proc.stderr
     assert not (tmp_path / "s.json").exists() and not (tmp_path / "hf").exists()
 
@@ -231,7 +245,8 @@ def test_local_manifest_records_every_file_digest(tmp_path):
     manifest = source_manifest({"type": "local", "path": str(d)})
     assert manifest["identity"] == {"path": str(d)} and manifest["directory"] == str(d)
     assert [(Path(e["path"]).name, e["sha256"], e["size"]) for e in manifest["files"]] == [
-        ("config.json", sha256_file(d / "config.json"), 2), ("model.safetensors", sha256_file(d / "model.safetensors"), 1)]
+        ("config.json", sha256_file(d / "config.json"), 2),
+        ("model.safetensors", sha256_file(d / "model.safetensors"), (d / "model.safetensors").stat().st_size)]
 
 
 def test_gguf_manifest_via_cli(tmp_path):

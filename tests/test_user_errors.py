@@ -1,37 +1,262 @@
 """What a user sees when something is wrong: one clear message, no traceback, nothing half-made."""
 
-import sys
+import os
 import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
+from stub_sources import safetensors_bytes
 from workflow_run import snakemake, write_config
 from workflow_scripts.errors import UserError
 from workflow_scripts.tool_step import run_tool
+from workflow_scripts.toolchain import LOCAL_SOURCE_ENV
 
 
-@pytest.mark.parametrize("config,message", [
-    ({"models": [{"name": "m", "source": {"type": "gguf", "path": "nope.gguf"}}]},
-     "models[0].source.path: file 'nope.gguf' does not exist"),
-    ({"quants": ["Q4_K_Z"]}, "quants[0]: 'Q4_K_Z' is not allowed"),
-    ({"models": [{"name": "../escape", "source": {"type": "local", "path": "."}}]}, "models[0].name: '../escape' does not match"),
-    ({"imatrix": False, "quants": ["IQ1_S"]}, "quant IQ1_S needs an importance matrix"),
-])
-def test_bad_config_through_the_cli(tmp_path, config, message):
-    proc = snakemake(tmp_path, write_config(tmp_path, config), check=False)
+def _tiny_gguf() -> bytes:
+    """A complete one-tensor GGUF (the header says where its data ends, so a cut is visible)."""
+    import tempfile
+
+    import numpy as np
+    from gguf import GGUFWriter
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "t.gguf"
+        writer = GGUFWriter(path, "llama")
+        writer.add_tensor("w", np.zeros(256, dtype=np.float32))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        return path.read_bytes()
+
+
+TINY_GGUF = _tiny_gguf()
+WEIGHTS = safetensors_bytes({"w": 64})
+WORDS = " ".join(f"w{i}" for i in range(2000))  # 2000 distinct words: no overlap with the shipped texts
+TIER = {"name": "t", "threads": 4, "ram_gb": 8, "latency_budget_s": 5}
+BASE = {"models": [{"name": "m", "source": {"type": "gguf", "path": "m.gguf"}}], "quants": ["Q8_0"]}
+
+
+def model(name="m", **fields):
+    return {"name": name, "source": {"type": "gguf", "path": "m.gguf"}, **fields}
+
+
+def local(path="hf", **source):
+    return {"models": [{"name": "m", "source": {"type": "local", "path": path, **source}}]}
+
+
+def hf_files(**replace) -> dict:
+    """An HF directory's files: config.json and weights, with ``replace`` (None removes one)."""
+    files = {"hf/config.json": "{}", "hf/model.safetensors": WEIGHTS, **replace}
+    return {name: data for name, data in files.items() if data is not None}
+
+
+class Case(NamedTuple):
+    """One bad input: the config laid over BASE (a str is the config file's raw text), extra files,
+    the text the message must contain, extra snakemake arguments, and whether the message comes
+    from the config check (then it names the config file and nothing under results/ may exist)."""
+
+    name: str
+    expected: str
+    config: dict | str = {}
+    files: dict = {}
+    args: tuple = ()
+    from_config: bool = True
+
+
+BAD_INPUT = [
+    # the file itself (read by Snakemake before the workflow: its words, without the file name)
+    Case("yaml-malformed", "not valid JSON or YAML", "models:\n  - name: [unclosed\n", from_config=False),
+    Case("yaml-tabs", "not valid JSON or YAML", "models:\n\t- name: m\n", from_config=False),
+    Case("yaml-top-level-list", "keys at top level", "- models\n- quants\n", from_config=False),
+    # wrong types
+    Case("string-for-int", "calibration.ctx: '512' is not of type 'integer'", {"calibration": {"ctx": "512"}}),
+    Case("list-for-mapping", "calibration: ['cal.txt'] is not of type 'object'", {"calibration": ["cal.txt"]}),
+    Case("mapping-for-list", "models: {'m': 'm.gguf'} is not of type 'array'", {"models": {"m": "m.gguf"}}),
+    Case("string-for-list", "quants: 'Q8_0' is not of type 'array'", {"quants": "Q8_0"}),
+    Case("string-for-bool", "imatrix: 'yes' is not of type 'boolean'", {"imatrix": "yes"}),
+    # unknown keys
+    Case("unknown-top-level-key", "(top level): unknown key(s) 'colour'; expected one of", {"colour": "blue"}),
+    Case("unknown-model-key", "models[0]: unknown key(s) 'quant'; expected one of", {"models": [model(quant=["Q8_0"])]}),
+    Case("unknown-source-key", "models[0].source: unknown key(s) 'revision'", local(revision="main"), hf_files()),
+    Case("unknown-tier-key", "tiers[0]: unknown key(s) 'cores'", {"tiers": [{**TIER, "cores": 4}]}),
+    Case("unknown-calibration-key", "calibration: unknown key(s) 'txt'; expected one of chunks, ctx, text",
+         {"calibration": {"txt": "cal.txt"}}),
+    Case("missing-source-key", "models[0].source: 'revision' is a required property (Commit sha",
+         {"models": [{"name": "m", "source": {"type": "hf", "repo_id": "o/m"}}]}),
+    # quant types
+    Case("unknown-quant", "quants[0]: 'Q4_K_Z' is not allowed; expected one of", {"quants": ["Q4_K_Z"]}),
+    Case("quant-alias", "models[0].quants[0]: 'Q4_K' is not allowed", {"models": [model(quants=["Q4_K"])]}),
+    Case("duplicate-quant", "quants: ['Q8_0', 'Q8_0'] lists an entry more than once", {"quants": ["Q8_0", "Q8_0"]}),
+    Case("imatrix-quant-without-imatrix", "quant IQ2_XS needs an importance matrix (IQ2_XS cannot be made without "
+         "one) but imatrix is false", {"imatrix": False, "quants": ["IQ2_XS"]}),
+    Case("variant-tensor-types-need-imatrix", "quant Q4-tiny needs an importance matrix (IQ2_XXS cannot be made "
+         "without one) but variants.Q4-tiny.imatrix is false", {"quants": ["Q4-tiny"], "variants": {
+             "Q4-tiny": {"type": "Q4_K_M", "imatrix": False, "tensor_types": {"ffn_down": "IQ2_XXS"}}}}),
+    # models
+    Case("no-models", "models: [] should be non-empty", {"models": []}),
+    Case("duplicate-model-names", "models[1].name: 'm' is already used by models[0]; expected unique model names",
+         {"models": [model(), model()]}),
+    *[Case(f"model-name-{name}", f"models[0].name: {name!r} does not match", {"models": [model(name)]})
+      for name in ("../x", "/abs", "a/b", ".", "..")],
+    # sources
+    Case("gguf-missing", "models[0].source.path: file 'nope.gguf' does not exist",
+         {"models": [{"name": "m", "source": {"type": "gguf", "path": "nope.gguf"}}]}),
+    Case("gguf-truncated", "models[0].source.path: m.gguf: truncated GGUF: its header says the tensor data ends at "
+         f"byte {len(TINY_GGUF)}, the file has {len(TINY_GGUF) - 100} bytes", files={"m.gguf": TINY_GGUF[:-100]}),
+    Case("gguf-header-cut", "models[0].source.path: m.gguf: damaged or truncated GGUF header",
+         files={"m.gguf": TINY_GGUF[:40]}),
+    Case("gguf-is-text", "models[0].source.path: m.gguf: not a GGUF file (starts with b'hell', expected b'GGUF')",
+         files={"m.gguf": "hello, I am a text file\n"}),
+    Case("gguf-package-missing", "models[0].source: package 'no_such_package' is not installed",
+         {"models": [{"name": "m", "source": {"type": "gguf", "package": "no_such_package", "file": "x.gguf"}}]}),
+    Case("local-dir-missing", "models[0].source.path: directory 'nodir' does not exist", local("nodir")),
+    Case("local-without-config-json", "models[0].source.path: hf: no config.json; expected an HF-format model "
+         "directory", local(), hf_files(**{"hf/config.json": None})),
+    Case("local-config-json-broken", "models[0].source.path: hf/config.json: not valid JSON", local(),
+         hf_files(**{"hf/config.json": "{'not': json"})),
+    Case("local-without-weights", "models[0].source.path: hf: no weights; expected *.safetensors files", local(),
+         hf_files(**{"hf/model.safetensors": None})),
+    Case("local-only-pickle-weights", "hf: only pickle weights (pytorch_model.bin)", local(),
+         hf_files(**{"hf/model.safetensors": None, "hf/pytorch_model.bin": b"\x80\x04"})),
+    Case("safetensors-truncated", f"hf/model.safetensors: truncated: the header says the data ends at byte "
+         f"{len(WEIGHTS)}, the file has {len(WEIGHTS) - 10} bytes", local(),
+         hf_files(**{"hf/model.safetensors": WEIGHTS[:-10]})),
+    Case("safetensors-header-corrupt", "hf/model.safetensors: damaged safetensors header (JSONDecodeError", local(),
+         hf_files(**{"hf/model.safetensors": WEIGHTS[:8] + b"#" * (len(WEIGHTS) - 8)})),
+    Case("safetensors-length-garbage", "hf/model.safetensors: damaged safetensors header (its length field says",
+         local(), hf_files(**{"hf/model.safetensors": b"\xff" * 64})),
+    # texts
+    Case("calibration-missing", "calibration.text: file 'nope.txt' does not exist", {"calibration": {"text": "nope.txt"}}),
+    Case("calibration-empty", "calibration.text: cal.txt: calibration text has 0 characters; expected at least 1000",
+         {"calibration": {"text": "cal.txt"}}, {"cal.txt": ""}),
+    Case("calibration-not-utf8", "calibration.text: cal.txt: calibration text is not UTF-8",
+         {"calibration": {"text": "cal.txt"}}, {"cal.txt": WORDS.encode() + b"\xff"}),
+    Case("calibration-shorter-than-chunks", f"calibration: the text 'cal.txt' has {len(WORDS)} bytes, so at most {len(WORDS)} "
+         "tokens, but chunks × ctx = 20 × 1024 needs 20480", {"calibration": {"text": "cal.txt", "ctx": 1024}}, {"cal.txt": WORDS}),
+    Case("model-calibration-shorter-than-chunks", "models[0].calibration: the text",
+         {"models": [model(calibration={"text": "cal.txt", "chunks": 30})]}, {"cal.txt": WORDS}),
+    Case("evaluation-empty", "evaluation.text: eval.txt: evaluation text has 0 characters; expected at least 1000",
+         {"evaluation": {"text": "eval.txt"}}, {"eval.txt": "\n"}),
+    Case("evaluation-shorter-than-chunks", f"evaluation: the text 'eval.txt' has {len(WORDS)} bytes",
+         {"evaluation": {"text": "eval.txt", "chunks": 40}}, {"eval.txt": WORDS}),
+    Case("evaluation-overlaps-calibration", "of the evaluation text 'eval.txt' also occurs in the calibration text "
+         "'cal.txt'; expected at most 2.0% (evaluation.max_overlap)",
+         {"calibration": {"text": "cal.txt", "chunks": 10}, "evaluation": {"text": "eval.txt", "chunks": 10}},
+         {"cal.txt": WORDS, "eval.txt": WORDS}),
+    # tiers, benchmark, gates
+    Case("duplicate-tier-names", "tiers[1].name: 't' is already used; expected unique tier names", {"tiers": [TIER, TIER]}),
+    Case("negative-threads", "tiers[0].threads: -1 is less than the minimum of 1", {"tiers": [{**TIER, "threads": -1}]}),
+    Case("zero-latency-budget", "tiers[0].latency_budget_s: 0 is less than or equal to the minimum of 0",
+         {"tiers": [{**TIER, "latency_budget_s": 0}]}),
+    Case("zero-ram", "tiers[0].ram_gb: 0 is less than or equal to the minimum of 0", {"tiers": [{**TIER, "ram_gb": 0}]}),
+    Case("zero-benchmark-repetitions", "benchmark.repetitions: 0 is less than the minimum of 1",
+         {"benchmark": {"repetitions": 0}}),
+    Case("negative-gate", "gates.default.max_mean_kld: -0.1 is less than the minimum of 0",
+         {"gates": {"default": {"max_mean_kld": -0.1}}}),
+    Case("negative-per-quant-gate", "gates.per_quant.Q8_0.max_delta_ppl_pct: -1 is less than the minimum of 0",
+         {"gates": {"per_quant": {"Q8_0": {"max_delta_ppl_pct": -1}}}}),
+    Case("gate-for-unknown-quant", "gates.per_quant: 'Q9' is not allowed; expected one of",
+         {"gates": {"per_quant": {"Q9": {"max_mean_kld": 1}}}}),
+    # toolchain
+    Case("version-not-a-version", "toolchain.llama_cpp_python_version: 'latest' does not match",
+         {"toolchain": {"llama_cpp_python_version": "latest"}}),
+    Case("backend-unknown", "toolchain.backend: 'rocm' is not allowed; expected one of cpu, cuda",
+         {"toolchain": {"backend": "rocm"}}),
+    Case("build-dir-missing", "toolchain.build_dir: directory 'nobuild' does not exist", {"toolchain": {"build_dir": "nobuild"}}),
+    Case("build-dir-without-tools", "toolchain.build_dir: build/bin lacks llama-quantize", {"toolchain": {"build_dir": "build"}},
+         {"build/bin/llama-cli": "#!/bin/sh\n"}),
+    # found out only when the toolchain job asks the package index (no heavy work has started then)
+    Case("version-does-not-exist", "toolchain.llama_cpp_python_version: could not fetch the llama-cpp-python sdist "
+         "'9.9.9'", {"toolchain": {"llama_cpp_python_version": "9.9.9"}}, args=("results/toolchain/llama.cpp.json",),
+         from_config=False),
+]
+
+
+def _write_case(tmp_path: Path, config, files: dict) -> Path:
+    (tmp_path / "m.gguf").write_bytes(TINY_GGUF)
+    for name, data in files.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data if isinstance(data, bytes) else data.encode())
+    if isinstance(config, str):
+        (tmp_path / "config.yaml").write_text(config)
+        return tmp_path / "config.yaml"
+    return write_config(tmp_path, {**BASE, **config})
+
+
+def _assert_nothing_looks_complete(results: Path) -> None:
+    """No GGUF without its checksum sidecar (what every consumer takes as 'finished')."""
+    for gguf in results.rglob("*.gguf"):
+        assert Path(f"{gguf}.sha256").exists(), f"{gguf} looks complete"
+
+
+CASES = {c.name: c for c in BAD_INPUT}
+
+
+@pytest.fixture(scope="module")
+def refusals(request, tmp_path_factory) -> dict:
+    """The selected cases' runs, side by side: each is a snakemake process that spends most of its
+    time starting up, so one after another they would take most of the fast test suite's time."""
+    selected = [item.callspec.params["name"] for item in request.session.items
+                if item.originalname == "test_bad_input_is_refused_with_one_clear_message"]
+
+    # Never the machine's llama.cpp build or a prepared tree: a toolchain case must meet the package index.
+    env = {k: v for k, v in os.environ.items() if k != LOCAL_SOURCE_ENV}
+    env["GGUF_FORGE_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+
+    def run(name: str):
+        workdir = tmp_path_factory.mktemp("case")
+        configfile = _write_case(workdir, CASES[name].config, CASES[name].files)
+        return workdir, configfile, snakemake(workdir, configfile, *CASES[name].args, check=False, env=env)
+
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        return dict(zip(selected, pool.map(run, selected)))
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_bad_input_is_refused_with_one_clear_message(refusals, name):
+    workdir, configfile, proc = refusals[name]
     assert proc.returncode != 0
-    assert message in proc.stderr
+    assert CASES[name].expected in proc.stderr
     assert "Traceback" not in proc.stderr
-    assert not (tmp_path / "results").exists()
+    if CASES[name].from_config:
+        assert f"invalid configuration: {configfile}" in proc.stderr
+        assert not (workdir / "results").exists()
+    _assert_nothing_looks_complete(workdir / "results")
 
 
-def test_malformed_yaml_is_reported_with_the_file(tmp_path):
-    bad = tmp_path / "config.yaml"
-    bad.write_text("models:\n  - name: [unclosed\n")
-    proc = snakemake(tmp_path, bad, check=False)
-    # Snakemake itself loads --configfile and words this error (without naming the file).
-    assert proc.returncode != 0 and "not valid JSON or YAML" in proc.stderr and "Traceback" not in proc.stderr
+def test_a_bad_config_leaves_earlier_results_alone(tmp_path):
+    earlier = tmp_path / "results" / "m" / "quant" / "m-Q8_0.gguf"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_bytes(TINY_GGUF)
+    Path(f"{earlier}.sha256").write_text("checksum  m-Q8_0.gguf\n")
+    before = {p: p.read_bytes() for p in (tmp_path / "results").rglob("*") if p.is_file()}
+    configfile = _write_case(tmp_path, {"quants": ["Q4_K_Z"]}, {})
+    assert snakemake(tmp_path, configfile, check=False).returncode != 0
+    assert {p: p.read_bytes() for p in (tmp_path / "results").rglob("*") if p.is_file()} == before
+
+
+def test_a_second_run_in_a_locked_directory_is_refused_until_unlocked(tmp_path):
+    """A live run holds .snakemake/locks/ (written as Snakemake 9 writes it: one path per line);
+    a second run that would write the same files stops with Snakemake's lock message."""
+    configfile = _write_case(tmp_path, {}, {})
+    target = "results/m/source/source.json"  # cheap: only the source manifest
+    locks = tmp_path / ".snakemake" / "locks"
+    locks.mkdir(parents=True)
+    (locks / "0.output.lock").write_text(target + "\n")
+    proc = snakemake(tmp_path, configfile, target, check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "Directory cannot be locked" in proc.stderr and "--unlock" in proc.stderr
+    assert not (tmp_path / target).exists()
+    # Once no other run is alive, --unlock clears the lock and the run goes ahead.
+    snakemake(tmp_path, configfile, "--unlock")
+    snakemake(tmp_path, configfile, target)
+    assert (tmp_path / target).exists()
 
 
 def _stamp(tmp_path, tool_body: str) -> Path:
@@ -52,6 +277,16 @@ def test_a_failing_tool_leaves_no_output_and_shows_its_last_lines(tmp_path):
         run_tool(stamp, "fake-tool", ["{out}"], out, log, [])
     assert "exited with status 3" in str(err.value) and "error: out of memory" in str(err.value)
     assert not out.exists() and not list(tmp_path.glob(".*partial"))
+
+
+def test_a_tool_killed_by_a_signal_fails_the_step_saying_so(tmp_path):
+    stamp = _stamp(tmp_path, 'echo "half" > "$1"\necho "allocating 80 GiB"\nkill -9 $$\n')
+    out, log = tmp_path / "q.gguf", tmp_path / "q.log"
+    proc = subprocess.run([sys.executable, "-m", "workflow_scripts.tool_step", "--stamp", str(stamp), "--output",
+                           str(out), "--log", str(log), "--", "fake-tool", "{out}"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "fake-tool was killed by signal 9 (SIGKILL)" in proc.stderr and "allocating 80 GiB" in proc.stderr
+    assert not out.exists() and not list(tmp_path.glob(".*partial")) and not Path(f"{out}.sha256").exists()
 
 
 def test_a_successful_tool_output_is_renamed_and_checksummed(tmp_path):

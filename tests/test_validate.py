@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from stub_sources import EMPTY_GGUF
 from workflow_scripts.calibration import overlap_fraction
 from workflow_scripts.config import build_plan
 from workflow_scripts.errors import UserError
@@ -94,7 +95,7 @@ def test_overlapping_evaluation_text_is_refused(tmp_path, monkeypatch):
     calibration = (ROOT / "config/data/calibration.txt").read_text()
     evaluation = (ROOT / "config/data/evaluation.txt").read_text()
     assert overlap_fraction(calibration, evaluation) < 0.02  # the shipped texts are disjoint
-    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    (tmp_path / "m.gguf").write_bytes(EMPTY_GGUF)
     (tmp_path / "eval.txt").write_text(evaluation[:20000] + calibration[:20000])
     config = {"evaluation": {"text": "eval.txt"}, "models": [{"name": "m", "source": {"type": "gguf", "path": "m.gguf"}}]}
     with pytest.raises(UserError, match=r"calibration.text: \d+\.\d% of the evaluation text 'eval.txt' also occurs"):
@@ -103,7 +104,7 @@ def test_overlapping_evaluation_text_is_refused(tmp_path, monkeypatch):
 
 def test_gates_merge_default_builtin_and_user_entries(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    (tmp_path / "m.gguf").write_bytes(EMPTY_GGUF)
     config = {"quants": ["Q8_0", "Q4_K_M", "Q4_0"],
               "gates": {"default": {"max_delta_ppl_pct": 12, "max_mean_kld": 0.2, "min_same_top_pct": 70},
                         "per_quant": {"Q4_K_M": {"max_mean_kld": 0.05}}},

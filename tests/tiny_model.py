@@ -29,8 +29,9 @@ def train_tokenizer(corpus: str, dest: Path) -> Path:
     return path
 
 
-def make_tiny_llama(dest: Path, corpus: str, seed: int = 0) -> Path:
-    """Write config.json, model.safetensors and the tokenizer files of a 2-layer Llama into ``dest``."""
+def make_tiny_llama(dest: Path, corpus: str, seed: int = 0, shape: dict | None = None, dtype: str = "float32") -> Path:
+    """Write config.json, model.safetensors and the tokenizer files of a 2-layer Llama into ``dest``;
+    ``shape`` overrides its sizes (benchmarks/gpu_measure.py makes a 1B one), ``dtype`` the weights'."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, LlamaTokenizer
 
@@ -39,8 +40,9 @@ def make_tiny_llama(dest: Path, corpus: str, seed: int = 0) -> Path:
     tokenizer = LlamaTokenizer(vocab_file=str(spm_path), legacy=True, add_bos_token=True, add_eos_token=False)
     tokenizer.save_pretrained(dest)
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         bos_token_id=1, eos_token_id=2, tie_word_embeddings=False, torch_dtype="float32")
-    LlamaForCausalLM(config).save_pretrained(dest, safe_serialization=True)
+    sizes = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "num_key_value_heads": 2, "max_position_embeddings": 512, **(shape or {})}
+    config = LlamaConfig(vocab_size=VOCAB, **sizes, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
+                         torch_dtype=dtype)
+    LlamaForCausalLM(config).to(getattr(torch, dtype)).save_pretrained(dest, safe_serialization=True)
     return dest

@@ -6,7 +6,8 @@ time, time to first token and the end-to-end latency of the reference task, and 
 peak resident memory of that child. A GPU tier on a host without a GPU (or with a CPU-only
 toolchain) is recorded as not measured, with the reason: never estimated, never faked. A tier
 asking for more threads than the host has runs with the host's cores, and says so. The memory the
-tier would need is predicted from the file (memory_fit) and set beside the measured peak. Only
+tier would need is predicted from the file (memory_fit) and set beside the measured peak; on a GPU
+tier the child's GPU memory (nvidia-smi) is set beside the predicted VRAM, with their ratio. Only
 what changes a measurement (threads, GPU layers, context) is passed in: a tier's memory size,
 budget or priority is judged later (recommend), without measuring again.
 """
@@ -16,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -26,19 +26,11 @@ from typing import Any
 from workflow_scripts.atomic import atomic_write_text
 from workflow_scripts.checksums import verify
 from workflow_scripts.errors import UserError, run_cli
+from workflow_scripts.gpu import host_gpus, process_memory_bytes, used_memory_bytes
 from workflow_scripts.llama_tools import parse_bench_json
 from workflow_scripts.memory_fit import model_shape, predict
 from workflow_scripts.provenance import host_info
 from workflow_scripts.tool_step import run_logged, tool_path
-
-
-def host_gpus() -> list[str]:
-    """Names and memory of this host's NVIDIA GPUs (empty without nvidia-smi or a GPU)."""
-    if not shutil.which("nvidia-smi"):
-        return []
-    proc = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
-                          capture_output=True, text=True)
-    return [line.strip() for line in proc.stdout.splitlines() if line.strip()] if proc.returncode == 0 else []
 
 
 def unmeasurable(tier: dict, stamp: dict, gpus: list[str]) -> str | None:
@@ -81,11 +73,13 @@ def run_task(stamp: dict, gguf: Path, tier: dict, threads: int, settings: dict) 
 
 def task(request: dict) -> dict[str, Any]:
     """Inside the child: load, stream the answer, time first token and the whole answer; the peak
-    resident memory is the kernel's figure for this process (getrusage)."""
+    resident memory is the kernel's figure for this process (getrusage); with layers on the GPU,
+    its GPU memory is read while the model is still loaded."""
     import resource
 
     from llama_cpp import Llama
 
+    used_before = used_memory_bytes() if request["gpu_layers"] else 0
     started = time.perf_counter()
     llm = Llama(model_path=request["gguf"], n_ctx=request["ctx"], n_threads=request["threads"],
                 n_gpu_layers=request["gpu_layers"], use_mmap=True, seed=0, verbose=False)
@@ -98,8 +92,27 @@ def task(request: dict) -> dict[str, Any]:
         first = first or time.perf_counter()
         tokens += chunk["choices"][0]["finish_reason"] is None  # the closing chunk carries no token
     done = time.perf_counter()
-    return {"load_s": round(loaded - started, 4), "ttft_s": round(first - loaded, 4), "latency_s": round(done - loaded, 4),
-            "answer_tokens": tokens, "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    result = {"load_s": round(loaded - started, 4), "ttft_s": round(first - loaded, 4), "latency_s": round(done - loaded, 4),
+              "answer_tokens": tokens, "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    if request["gpu_layers"]:
+        result["vram"] = vram_reading(process_memory_bytes(os.getpid()), used_memory_bytes() - used_before)
+    return result
+
+
+def vram_reading(process_bytes: int | None, growth_bytes: int) -> dict[str, Any]:
+    """The task's GPU memory: the driver's figure for the process, else how much the GPUs' memory in
+    use grew while the model was loaded (includes any other program's growth meanwhile)."""
+    if process_bytes is not None:
+        return {"bytes": process_bytes, "method": "nvidia-smi used_memory of the task process"}
+    return {"bytes": growth_bytes, "method": "growth of nvidia-smi memory.used during the task"}
+
+
+def vram_check(prediction: dict[str, Any], measured: dict[str, Any]) -> dict[str, Any]:
+    """Predicted VRAM (memory_fit) beside the measured, so the fits-in-VRAM verdict can be trusted
+    or its model corrected: a ratio above 1 means the prediction was too small."""
+    predicted = prediction["vram_bytes"]
+    return {"predicted_bytes": predicted, "measured_bytes": measured["bytes"], "method": measured["method"],
+            "measured_over_predicted": round(measured["bytes"] / predicted, 3) if predicted else None}
 
 
 def measure(stamp_path: Path, gguf: Path, tier: dict, settings: dict, log: Path) -> dict[str, Any]:
@@ -115,7 +128,8 @@ def measure(stamp_path: Path, gguf: Path, tier: dict, settings: dict, log: Path)
     bench = run_llama_bench(stamp_path, gguf, tier, threads, settings, log)
     answer = run_task(stamp, gguf, tier, threads, settings)
     notes = [f"tier asks for {tier['threads']} threads, host has {threads} cores"] if threads < tier["threads"] else []
-    return {**result, "measured": True, "threads": threads, "notes": notes, "llama_bench": bench, "task": answer}
+    vram = {"vram": vram_check(prediction, answer["vram"])} if "vram" in answer else {}
+    return {**result, "measured": True, "threads": threads, "notes": notes, "llama_bench": bench, "task": answer, **vram}
 
 
 def main(argv: list[str] | None = None) -> None:

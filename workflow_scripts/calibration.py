@@ -17,16 +17,16 @@ MIN_CHARS = 1000
 """Below this no useful importance statistics can be gathered (well under one 512-token chunk)."""
 
 
-def read_text(path: Path) -> str:
-    """The file as UTF-8 text, or a UserError naming the file and the problem."""
+def read_text(path: Path, what: str = "calibration text") -> str:
+    """The file as UTF-8 text, or a UserError naming the file and the problem (``what`` the text is for)."""
     try:
         text = Path(path).read_bytes().decode("utf-8")
     except FileNotFoundError:
-        raise UserError(f"{path}: calibration text does not exist") from None
+        raise UserError(f"{path}: {what} does not exist") from None
     except UnicodeDecodeError as err:
-        raise UserError(f"{path}: calibration text is not UTF-8 (byte {err.start}); expected a UTF-8 text file") from None
+        raise UserError(f"{path}: {what} is not UTF-8 (byte {err.start}); expected a UTF-8 text file") from None
     if len(text.strip()) < MIN_CHARS:
-        raise UserError(f"{path}: calibration text has {len(text.strip())} characters; expected at least {MIN_CHARS}")
+        raise UserError(f"{path}: {what} has {len(text.strip())} characters; expected at least {MIN_CHARS}")
     return text
 
 

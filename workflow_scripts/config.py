@@ -1,9 +1,10 @@
 """Check the configuration and turn it into a plan: what to build for each model.
 
 The JSON Schema (config/schema/config.schema.yaml) checks shapes and fills defaults; this module
-adds what a schema cannot say (files exist, names are unique, quant types that need an importance
-matrix get one) and words every error for the user: file, field, what was expected. It runs once
-when the workflow is parsed, so a bad config fails before any job starts.
+adds what a schema cannot say (files exist and their headers are sound, texts are long enough,
+names are unique, quant types that need an importance matrix get one) and words every error for the
+user: file, field, what was expected. It runs once when the workflow is parsed, so a bad config fails
+before any job starts; it reads each file once and only headers, so a large sweep still plans fast.
 """
 
 from __future__ import annotations
@@ -108,10 +109,15 @@ def schema_error_message(config: dict, schema: dict, source_name: str) -> str | 
         known = sorted(error.schema.get("properties", {}))
         extra = sorted(set(error.instance) - set(known))
         return f"{source_name}: {where}: unknown key(s) {', '.join(map(repr, extra))}; expected one of {', '.join(known)}"
+    if error.validator == "uniqueItems":
+        return f"{source_name}: {where}: {error.instance!r} lists an entry more than once; expected each entry once"
     if error.validator == "enum":
         allowed = ", ".join(map(str, error.validator_value))
         return f"{source_name}: {where}: {error.instance!r} is not allowed; expected one of {allowed}"
     described = error.schema.get("description")
+    if error.validator == "required":  # describe the missing key, not the mapping that lacks it
+        missing = next(key for key in error.validator_value if key not in error.instance)
+        described = error.schema.get("properties", {}).get(missing, {}).get("description")
     if error.validator == "not":
         return f"{source_name}: {where}: {described or 'these keys cannot be combined'} (got keys {', '.join(sorted(error.instance))})"
     hint = f" ({described})" if described and error.validator in ("pattern", "type", "required") else ""
@@ -147,21 +153,70 @@ def gate_for(quant: str, gates: dict, schema: dict) -> dict[str, float]:
     return {**gates["default"], **builtin.get(quant, {}), **gates.get("per_quant", {}).get(quant, {})}
 
 
-def check_overlap(calibration: str, evaluation: str, limit: float, where: str, source_name: str, base: Path) -> None:
-    """Refuse an evaluation text that repeats the calibration text (it would flatter every quant)."""
-    from workflow_scripts.calibration import overlap_fraction, read_text
+def _read_text(path: str, field: str, what: str, source_name: str, base: Path, cache: dict) -> str:
+    """A configured text file's contents, read once per path however many models name it."""
+    from workflow_scripts.calibration import read_text
 
-    texts = []
-    for path in (calibration, evaluation):
+    if ("text", path) not in cache:
         try:
-            texts.append(read_text(base / path))
+            cache["text", path] = read_text(base / path, what)
         except UserError as err:
-            raise UserError(f"{source_name}: {where}: {err}") from None
-    share = overlap_fraction(*texts)
+            raise UserError(f"{source_name}: {field}: {err}") from None
+    return cache["text", path]
+
+
+def check_text_length(text: str, settings: dict, section: str, source_name: str) -> None:
+    """Refuse a text too short for the ``chunks`` × ``ctx`` tokens asked of it (llama-imatrix and
+    llama-perplexity also need at least two contexts). Tokens are not counted here (that needs the
+    model's tokenizer): every token stands for at least one byte, so a text with fewer UTF-8 bytes
+    than the tokens needed is short whatever the tokenizer; a longer one may still fall short."""
+    chunks, ctx = settings["chunks"], settings["ctx"]
+    needed = max(chunks, 2) * ctx
+    size = len(text.encode("utf-8"))
+    if size < needed:
+        raise UserError(f"{source_name}: {section}: the text {settings['text']!r} has {size} bytes, so at most {size} "
+                        f"tokens, but chunks × ctx = {chunks} × {ctx} needs {needed} (and at least 2 × ctx); expected "
+                        f"a text of at least {needed} bytes, or fewer chunks or a smaller ctx")
+
+
+def check_overlap(calibration: str, evaluation: str, limit: float, where: str, source_name: str, cache: dict) -> None:
+    """Refuse an evaluation text that repeats the calibration text (it would flatter every quant);
+    once per pair of files."""
+    from workflow_scripts.calibration import overlap_fraction
+
+    if ("overlap", calibration, evaluation) in cache:
+        return
+    share = overlap_fraction(cache["text", calibration], cache["text", evaluation])
     if share > limit:
         raise UserError(f"{source_name}: {where}: {share:.1%} of the evaluation text {evaluation!r} also occurs in "
                         f"the calibration text {calibration!r}; expected at most {limit:.1%} "
                         "(evaluation.max_overlap): use held-out text")
+    cache["overlap", calibration, evaluation] = True
+
+
+def _check_source(model_source: dict, field: str, source_name: str, base: Path, cache: dict) -> dict:
+    """The source with its path resolved, after a header-only check of its files (once per path):
+    a damaged or cut-short download is refused before any job starts."""
+    from workflow_scripts.sources import check_gguf_header, check_hf_source, resolve_gguf_path
+
+    source = dict(model_source)
+    if source["type"] == "hf":
+        return source
+    if "path" in source:
+        kind = "directory" if source["type"] == "local" else "file"
+        source["path"] = _check_file(source["path"], f"{field}.path", source_name, base, kind)
+        field += ".path"
+    try:
+        path = base / resolve_gguf_path(source) if source["type"] == "gguf" else base / source["path"]
+        if ("source", path) not in cache:
+            if source["type"] == "gguf":
+                check_gguf_header(path)
+            else:
+                check_hf_source(path, source.get("allow_pickle", False))
+            cache["source", path] = True
+    except UserError as err:
+        raise UserError(f"{source_name}: {field}: {err}") from None
+    return source
 
 
 def _calibration(global_cal: dict, model_cal: dict | None) -> dict:
@@ -184,29 +239,20 @@ def quantize_args(options: dict[str, Any], include_extra: bool = True) -> tuple[
 
 
 def _check_model(index: int, model: dict, config: dict, source_name: str, base: Path, schema: dict,
-                 overlaps: dict) -> ModelPlan:
+                 cache: dict) -> ModelPlan:
     where = f"models[{index}]"
     name = model["name"]
     if ".." in name:
         raise UserError(f"{source_name}: {where}.name: {name!r} may not contain '..'; expected a plain name")
-    source = dict(model["source"])
-    if source["type"] == "local":
-        source["path"] = _check_file(source["path"], f"{where}.source.path", source_name, base, "directory")
-    elif source["type"] == "gguf" and "path" in source:
-        source["path"] = _check_file(source["path"], f"{where}.source.path", source_name, base)
-    elif source["type"] == "gguf":
-        from workflow_scripts.sources import resolve_gguf_path
-
-        try:
-            resolve_gguf_path(source)
-        except UserError as err:
-            raise UserError(f"{source_name}: {where}.source: {err}") from None
+    source = _check_source(model["source"], f"{where}.source", source_name, base, cache)
     calibration = _calibration(config["calibration"], model.get("calibration"))
+    section = f"{where}.calibration" if model.get("calibration") else "calibration"
     cal_field = f"{where}.calibration.text" if "text" in model.get("calibration", {}) else "calibration.text"
     calibration["text"] = _check_file(calibration["text"], cal_field, source_name, base)
-    key = (calibration["text"], config["evaluation"]["text"])
-    if key not in overlaps:  # many models share one pair of texts: read them once
-        overlaps[key] = check_overlap(*key, config["evaluation"]["max_overlap"], cal_field, source_name, base)
+    text = _read_text(calibration["text"], cal_field, "calibration text", source_name, base, cache)
+    check_text_length(text, calibration, section, source_name)
+    check_overlap(calibration["text"], config["evaluation"]["text"], config["evaluation"]["max_overlap"], cal_field,
+                  source_name, cache)
     imatrix = model.get("imatrix", config["imatrix"])
     quants = tuple(model.get("quants", config["quants"]))
     quants_field = f"{where}.quants" if "quants" in model else "quants"
@@ -292,7 +338,9 @@ def build_plan(config: dict, source_name: str = "config", base: Path | str = "."
     base = Path(base)
     evaluation = config["evaluation"]
     evaluation["text"] = _check_file(evaluation["text"], "evaluation.text", source_name, base)
-    overlaps: dict = {}
+    cache: dict = {}  # files already read and checked: each once, however many models name it
+    text = _read_text(evaluation["text"], "evaluation.text", "evaluation text", source_name, base, cache)
+    check_text_length(text, evaluation, "evaluation", source_name)
     seen: dict[str, int] = {}
     models = {}
     for index, model in enumerate(config["models"]):
@@ -302,14 +350,24 @@ def build_plan(config: dict, source_name: str = "config", base: Path | str = "."
                 f"models[{seen[model['name']]}]; expected unique model names"
             )
         seen[model["name"]] = index
-        models[model["name"]] = _check_model(index, model, config, source_name, base, schema, overlaps)
+        models[model["name"]] = _check_model(index, model, config, source_name, base, schema, cache)
     tiers = _check_tiers(config["tiers"], source_name)
     toolchain = config["toolchain"]
     if toolchain.get("build_dir"):
-        _check_file(toolchain["build_dir"], "toolchain.build_dir", source_name, base, "directory")
+        _check_build_dir(toolchain, source_name, base)
     return Plan(toolchain=toolchain, evaluation=evaluation, reference_type=config["reference_type"],
                 verify_inputs=config["verify_inputs"], models=models, tiers=tiers, benchmark=config["benchmark"],
                 package=config["package"])
+
+
+def _check_build_dir(toolchain: dict, source_name: str, base: Path) -> None:
+    """An existing llama.cpp build must hold the tools (a few stats, so it fails before any job)."""
+    from workflow_scripts.toolchain import build_bin_dir, missing_tools_message
+
+    toolchain["build_dir"] = _check_file(toolchain["build_dir"], "toolchain.build_dir", source_name, base, "directory")
+    missing = missing_tools_message(build_bin_dir(base / toolchain["build_dir"]))
+    if missing:
+        raise UserError(f"{source_name}: toolchain.build_dir: {missing}")
 
 
 def _check_tiers(tiers: list[dict], source_name: str) -> dict[str, dict]:

@@ -13,9 +13,12 @@ import argparse
 import importlib.metadata
 import importlib.util
 import json
+import math
+import mmap
 import os
 import re
 import shutil
+import struct
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -29,11 +32,17 @@ from workflow_scripts.errors import UserError, run_cli
 GGUF_MAGIC = b"GGUF"
 SAFETENSORS_PATTERNS = ["*.safetensors", "*.json", "tokenizer.model", "*.tiktoken", "*.txt", "*.py"]
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
+SAFETENSORS_MAX_HEADER = 100_000_000  # the safetensors library refuses longer headers too
 PICKLE_PATTERNS = [f"*{s}" for s in PICKLE_SUFFIXES]
 # llama.cpp file types (llama_ftype) written into general.file_type of the reference.
 FILE_TYPES = {"F16": 1, "BF16": 32}
 FLOAT_TYPES = ("F32", "F16", "BF16")
 COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
+# GGUF header layouts (little-endian): magic, version, tensor count, key count; a value type with
+# an array length (or a tensor type with its data offset); the integers in between.
+GGUF_HEADER = struct.Struct("<4sIQQ")
+TYPE_AND_COUNT = struct.Struct("<IQ")
+U32, U64 = struct.Struct("<I"), struct.Struct("<Q")
 
 
 # ---------------------------------------------------------------- GGUF sources
@@ -53,31 +62,99 @@ def resolve_gguf_path(source: dict[str, Any]) -> Path:
     return path
 
 
-def check_gguf_file(path: Path | str):
-    """Open ``path`` as a complete GGUF and return its (memory-mapped) reader; UserError if not one.
+def gguf_data_end(path: Path | str) -> int:
+    """Byte where a GGUF's tensor data ends, as its header says, reading the header only.
 
-    Checks the magic, lets gguf-py check the version and header, then that every tensor's data
-    lies inside the file: a download cut short is the usual damage and reads as garbage otherwise.
+    gguf-py's reader parses every metadata value (seconds for a large tokenizer); this only steps
+    over them, so every source can be checked when the workflow is planned. Raises ValueError,
+    KeyError or struct.error on a header that is cut short or makes no sense.
     """
-    from gguf import GGUFReader
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueType
 
+    scalar_sizes = {vtype: np.dtype(dtype).itemsize for vtype, dtype in GGUFReader.gguf_scalar_to_np.items()}
+    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        pos = 0
+
+        def take(layout: struct.Struct) -> tuple:
+            nonlocal pos
+            values = layout.unpack_from(buf, pos)
+            pos += layout.size
+            return values
+
+        def skip(length: int) -> None:
+            nonlocal pos
+            if pos + length > len(buf):
+                raise ValueError(f"a value at byte {pos} runs past the end of the file")
+            pos += length
+
+        def skip_values(vtype: int, count: int = 1) -> None:
+            if vtype == GGUFValueType.STRING:
+                for _ in range(count):
+                    skip(take(U64)[0])
+            elif vtype == GGUFValueType.ARRAY:
+                for _ in range(count):
+                    skip_values(*take(TYPE_AND_COUNT))
+            else:
+                skip(scalar_sizes[GGUFValueType(vtype)] * count)
+
+        _, version, n_tensors, n_kv = take(GGUF_HEADER)
+        if version not in (2, 3):
+            raise ValueError(f"GGUF version {version}; expected 2 or 3")
+        alignment = 32
+        for _ in range(n_kv):
+            (length,) = take(U64)
+            key = bytes(buf[pos:pos + length])
+            skip(length)
+            (vtype,) = take(U32)
+            if key == b"general.alignment" and vtype == GGUFValueType.UINT32:
+                (alignment,) = take(U32)
+            else:
+                skip_values(vtype)
+        if alignment == 0:
+            raise ValueError("general.alignment is 0")
+        end = 0
+        for _ in range(n_tensors):
+            skip(take(U64)[0])
+            dims = take(struct.Struct(f"<{take(U32)[0]}Q"))
+            ttype, offset = take(TYPE_AND_COUNT)
+            block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(ttype)]
+            end = max(end, offset + math.prod(dims) // block * type_size)
+        return -(-pos // alignment) * alignment + end if n_tensors else pos  # no padding without data
+
+
+def check_gguf_header(path: Path | str) -> None:
+    """Refuse a file that is not a GGUF, or one shorter than its header says (a download cut
+    short is the usual damage and reads as garbage otherwise); header only, cheap."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: GGUF file does not exist")
     with open(path, "rb") as handle:
         magic = handle.read(4)
     if magic != GGUF_MAGIC:
         raise UserError(f"{path}: not a GGUF file (starts with {magic!r}, expected b'GGUF')")
     try:
-        reader = GGUFReader(path)
+        end = gguf_data_end(path)
+    except struct.error:
+        raise UserError(f"{path}: damaged or truncated GGUF header (the file ends inside it); "
+                        "expected a complete GGUF file") from None
+    except (ValueError, KeyError) as err:
+        raise UserError(f"{path}: damaged or truncated GGUF header ({err}); expected a complete GGUF file") from None
+    size = path.stat().st_size
+    if end > size:
+        raise UserError(f"{path}: truncated GGUF: its header says the tensor data ends at byte {end}, "
+                        f"the file has {size} bytes; expected the complete file (download or copy it again)")
+
+
+def check_gguf_file(path: Path | str):
+    """Open ``path`` as a complete GGUF and return its (memory-mapped) reader; UserError if not one."""
+    from gguf import GGUFReader
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: GGUF file does not exist")
+    check_gguf_header(path)
+    try:
+        return GGUFReader(path)
     except Exception as err:  # gguf-py raises plain ValueError/IndexError on damaged headers
         raise UserError(f"{path}: damaged or truncated GGUF ({type(err).__name__}: {err})") from None
-    size = path.stat().st_size
-    for tensor in reader.tensors:
-        if tensor.data_offset + tensor.n_bytes > size:
-            raise UserError(f"{path}: truncated GGUF: tensor {tensor.name} ends at byte "
-                            f"{tensor.data_offset + tensor.n_bytes}, the file has {size}")
-    return reader
 
 
 def _copy_fields(reader, writer) -> None:
@@ -223,6 +300,47 @@ def check_hf_dir(path: Path | str, allow_pickle: bool = False) -> list[Path]:
     return [p for p in files if p not in pickles or allow_pickle]
 
 
+def check_safetensors(path: Path) -> None:
+    """Refuse a safetensors file whose header is damaged or whose size is not what the header
+    says (8-byte length, JSON header, then the tensors' data ranges); reads the header only."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        length = U64.unpack(head)[0] if len(head) == 8 else None
+        if length is None or length > SAFETENSORS_MAX_HEADER or 8 + length > size:
+            raise UserError(f"{path}: damaged safetensors header (its length field says {length} bytes, the file has "
+                            f"{size}); expected an 8-byte length followed by a JSON header of at most "
+                            f"{SAFETENSORS_MAX_HEADER} bytes")
+        try:
+            header = json.loads(handle.read(length))
+            end = max((int(entry["data_offsets"][1]) for name, entry in header.items() if name != "__metadata__"),
+                      default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as err:
+            raise UserError(f"{path}: damaged safetensors header ({type(err).__name__}: {err}); expected a JSON "
+                            "object with the data_offsets of every tensor") from None
+    expected = 8 + length + end
+    if size != expected:
+        cut = "truncated" if size < expected else "longer than its header says"
+        raise UserError(f"{path}: {cut}: the header says the data ends at byte {expected}, the file has {size} "
+                        "bytes; expected the complete file (download or copy it again)")
+
+
+def check_hf_source(path: Path | str, allow_pickle: bool = False) -> list[Path]:
+    """check_hf_dir, plus what can be told from headers: config.json parses and every safetensors
+    file is as long as its header says. Cheap enough to run when the workflow is planned."""
+    files = check_hf_dir(path, allow_pickle)
+    config = Path(path) / "config.json"
+    try:
+        if not isinstance(json.loads(config.read_bytes()), dict):
+            raise ValueError("not a JSON object")
+    except ValueError as err:
+        raise UserError(f"{config}: not valid JSON ({err}); expected the model's HF config, a JSON object") from None
+    for weights in files:
+        if weights.suffix == ".safetensors":
+            check_safetensors(weights)
+    return files
+
+
 # ---------------------------------------------------------------- Hub sources
 
 
@@ -249,47 +367,115 @@ def hub_token() -> str | bool:
     return os.environ.get("HF_TOKEN") or False
 
 
-def fetch_hub(repo_id: str, revision: str, dest: Path | str, allow_pickle: bool = False) -> dict[str, Any]:
-    """Download ``repo_id`` at ``revision`` into ``dest``; return repo, requested and resolved revision.
+def hub_failure(where: str, err: Exception, broken: str) -> UserError:
+    """A failed Hub call in the project's words, by HTTP status: what to check; never the token."""
+    status = getattr(getattr(err, "response", None), "status_code", None)
+    if status in (401, 403):
+        what = (f"the Hub answered {status} (no access); check HF_TOKEN: it must be set to a token that can read "
+                "this repository (for a gated one, accept its terms on the Hub first)")
+    elif status == 404:
+        what = "the Hub answered 404; check repo_id and revision"
+    elif status:
+        what = f"the Hub answered {status}; re-run later (a download resumes)"
+    else:
+        what = (f"{broken} ({type(err).__name__}); check the network or HF_ENDPOINT and re-run (a download "
+                "resumes), or set HF_HUB_OFFLINE=1 to use what the Hugging Face cache holds")
+    return UserError(f"{where}: {what}")
 
-    The revision is resolved to a commit first and the download pinned to it, so a branch that
-    moves during the download cannot mix two states. Files land in a partial sibling directory
-    (kept on failure, so a retry resumes) that is renamed to ``dest`` when complete.
+
+def download_snapshot(repo_id: str, revision: str, allow_pickle: bool, where: str) -> Path:
+    """Resolve ``revision`` to a commit, check the listing, download that commit into the HF cache.
+
+    Downloading by commit, not by branch, means a branch that moves during the download cannot
+    mix two states; the cache keeps an interrupted file, so a re-run resumes it.
     """
     from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError
 
-    dest = Path(dest)
     token = hub_token()
-    where = f"hf repository {repo_id}@{revision}"
     try:
-        info = HfApi().model_info(repo_id, revision=revision, files_metadata=False, token=token)
-    except HfHubHTTPError as err:
-        status = getattr(err.response, "status_code", "?")
-        raise UserError(f"{where}: the Hub answered {status}; check repo_id, revision, and HF_TOKEN for "
-                        "gated repositories") from None
-    except OSError as err:  # connection refused, DNS, timeouts (requests' errors are OSErrors)
-        raise UserError(f"{where}: the Hub could not be reached ({type(err).__name__}); check the network "
-                        "or HF_ENDPOINT") from None
+        info = HfApi().model_info(repo_id, revision=revision, token=token)
+    except (HfHubHTTPError, OSError) as err:  # requests' errors are OSErrors
+        raise hub_failure(where, err, "the Hub could not be reached") from None
     if not info.sha:
         raise UserError(f"{where}: the Hub returned no commit for this revision")
     check_hub_listing(repo_id, [s.rfilename for s in info.siblings or []], allow_pickle)
-    partial = partial_path(dest)
     try:
-        snapshot_download(repo_id, revision=info.sha, local_dir=partial,
-                          allow_patterns=hub_allow_patterns(allow_pickle), token=token)
-    except HfHubHTTPError as err:
-        status = getattr(err.response, "status_code", "?")
-        raise UserError(f"{where}: download failed, the Hub answered {status}; re-run to resume") from None
-    except OSError as err:
-        raise UserError(f"{where}: download failed ({type(err).__name__}); re-run to resume") from None
+        snapshot = snapshot_download(repo_id, revision=info.sha, allow_patterns=hub_allow_patterns(allow_pickle),
+                                     token=token)
+    except (HfHubHTTPError, OSError) as err:
+        raise hub_failure(where, err, "the download broke off") from None
+    remember_ref(repo_id, revision, info.sha)
+    return Path(snapshot)
+
+
+def remember_ref(repo_id: str, revision: str, commit: str) -> None:
+    """Record branch/tag → commit in the cache (``refs/``, as huggingface_hub does for what it
+    downloads by name), so an offline run can resolve the same name: we download by commit."""
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    if revision != commit:
+        repo_dir = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model")
+        atomic_write_text(repo_dir / "refs" / revision, commit)
+
+
+def cached_snapshot(repo_id: str, revision: str, allow_pickle: bool, where: str) -> Path:
+    """The snapshot of ``revision`` already in the HF cache (HF_HUB_OFFLINE): a commit sha, or a
+    branch/tag resolved through the cache's refs as huggingface_hub does offline."""
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        snapshot = Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
+    except LocalEntryNotFoundError:
+        raise UserError(f"{where}: HF_HUB_OFFLINE is set and the Hugging Face cache ({constants.HF_HUB_CACHE}) does "
+                        "not hold this revision; fetch it once online, or set HF_HOME/HF_HUB_CACHE to a cache "
+                        "that holds it") from None
+    check_hub_listing(repo_id, [p.name for p in snapshot.iterdir()], allow_pickle)
+    return snapshot
+
+
+def materialize(snapshot: Path, dest: Path, patterns: list[str]) -> None:
+    """Hard-link (copy across file systems) the snapshot's files matching ``patterns`` into ``dest``:
+    real files, not symlinks into a cache that a package or another node may not see. Built in a
+    partial sibling and renamed, so ``dest`` is either complete or absent."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    names = sorted(p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file())
+    partial = partial_path(dest)
+    shutil.rmtree(partial, ignore_errors=True)
+    for name in filter_repo_objects(names, allow_patterns=patterns):
+        blob, target = (snapshot / name).resolve(), partial / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(blob, target)
+        except OSError:
+            shutil.copyfile(blob, target)
     if dest.exists():
         try:
             dest.rmdir()  # an empty directory left by a scheduler; anything else is not ours to remove
         except OSError:
-            raise UserError(f"{dest}: exists and is not empty; remove it to download {repo_id} again") from None
+            raise UserError(f"{dest}: exists and is not empty; remove it to fetch the repository again") from None
     os.replace(partial, dest)
-    return {"repo_id": repo_id, "requested_revision": revision, "resolved_revision": info.sha,
+
+
+def fetch_hub(repo_id: str, revision: str, dest: Path | str, allow_pickle: bool = False) -> dict[str, Any]:
+    """Fetch ``repo_id`` at ``revision`` through the Hugging Face cache into ``dest``; return repo,
+    requested and resolved revision.
+
+    The normal cache (HF_HOME / HF_HUB_CACHE) is shared with every other Hub user on the machine
+    and is what HF_HUB_OFFLINE=1 reads; ``dest`` gets plain files, so results/ stands alone.
+    """
+    from huggingface_hub import constants
+
+    where = f"hf repository {repo_id}@{revision}"
+    if constants.HF_HUB_OFFLINE:
+        snapshot = cached_snapshot(repo_id, revision, allow_pickle, where)
+    else:
+        snapshot = download_snapshot(repo_id, revision, allow_pickle, where)
+    materialize(snapshot, Path(dest), hub_allow_patterns(allow_pickle))
+    return {"repo_id": repo_id, "requested_revision": revision, "resolved_revision": snapshot.name,
             "pinned": bool(COMMIT_SHA.fullmatch(revision))}
 
 
@@ -341,7 +527,7 @@ def source_manifest(source: dict[str, Any], dest: Path | str | None = None) -> d
     else:
         raise UserError(f"source.type: {kind!r}; expected one of gguf, local, hf")
     manifest["directory"] = str(directory)
-    manifest["files"] = [file_entry(p) for p in check_hf_dir(directory, allow_pickle)]
+    manifest["files"] = [file_entry(p) for p in check_hf_source(directory, allow_pickle)]
     return manifest
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -45,8 +46,19 @@ def run_logged(cmd: list[str], log: Path, name: str, making: str, expect: Path |
         handle.flush()
         proc = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT)
     if proc.returncode != 0 or (expect is not None and not expect.exists()):
-        why = f"exited with status {proc.returncode}" if proc.returncode else "wrote no output"
-        raise UserError(f"{name} {why} while making {making}; last lines of {log}:\n{log_tail(log)}")
+        raise UserError(f"{name} {failure(proc.returncode)} while making {making}; last lines of {log}:\n{log_tail(log)}")
+
+
+def failure(returncode: int) -> str:
+    """How a tool ended, in words: a negative status is the signal that killed it (the
+    out-of-memory killer sends SIGKILL), which a user should not read as an exit code."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = "unknown signal"
+        return f"was killed by signal {-returncode} ({name})"
+    return f"exited with status {returncode}" if returncode else "wrote no output"
 
 
 def run_tool(stamp: Path, tool: str, args: list[str], output: Path, log: Path,

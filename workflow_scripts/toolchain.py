@@ -27,6 +27,8 @@ from pathlib import Path
 from workflow_scripts.atomic import atomic_write_text
 from workflow_scripts.checksums import sha256_file
 from workflow_scripts.errors import UserError, run_cli
+from workflow_scripts.gpu import cuda_architectures as detected_cuda_architectures
+from workflow_scripts.gpu import host_gpus
 
 TOOLS = (
     "llama-quantize",
@@ -77,6 +79,10 @@ BACKEND_ARGS = {
     "cpu": [],
     "cuda": ["-DGGML_CUDA=ON"],
 }
+
+LOCAL_SOURCE_ENV = "GGUF_FORGE_LLAMA_CPP_SRC"
+"""Names a prepared llama.cpp tree (scripts/offline-bundle.sh) used instead of the sdist, for hosts
+that cannot download it; the tree says which version and commit it is."""
 
 
 def cache_root() -> Path:
@@ -163,9 +169,30 @@ def _extract_llama_cpp(sdist: Path, dest: Path) -> str:
     return commit
 
 
+def _copy_llama_cpp(tree: Path, version: str, dest: Path) -> str:
+    """Copy a prepared llama.cpp tree into ``dest`` (patched like an unpacked sdist); return its commit.
+    The tree must be of ``version``: a bundle of another version would build other code silently."""
+    marker = tree / ".forge-version"
+    found = marker.read_text().strip() if marker.is_file() else None
+    if found != version:
+        raise UserError(f"{LOCAL_SOURCE_ENV}={tree}: expected a llama.cpp tree of llama-cpp-python {version} "
+                        f"(its .forge-version file), found {found or 'no .forge-version'}")
+    commit = (tree / ".forge-commit").read_text().strip()
+    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+        staged = Path(tmp, "src")
+        shutil.copytree(tree, staged, symlinks=True, ignore=shutil.ignore_patterns(".forge-commit"))
+        apply_patches(staged)
+        os.replace(staged, dest)
+    (dest / ".forge-commit").write_text(commit + "\n")
+    return commit
+
+
 def ensure_build(version: str, backend: str, extra_args: list[str], jobs: int, log,
                  cuda_architectures: str | None = None) -> Path:
-    """Build (or reuse) the pinned llama.cpp; return the build root holding ``build-info.json``."""
+    """Build (or reuse) the pinned llama.cpp; return the build root holding ``build-info.json``.
+    A CUDA build without configured architectures is built for this host's GPUs."""
+    if backend == "cuda" and not cuda_architectures:
+        cuda_architectures = detected_cuda_architectures() or None  # no GPU here: CMake's default
     cache = cache_root()
     args = cmake_args(backend, extra_args, cuda_architectures)
     root = cache / "llama.cpp" / build_key(version, backend, args)
@@ -178,9 +205,13 @@ def ensure_build(version: str, backend: str, extra_args: list[str], jobs: int, l
             return root
         root.mkdir(exist_ok=True)
         src = root / "src"
+        local = os.environ.get(LOCAL_SOURCE_ENV)
         if not (src / ".forge-commit").exists():
             shutil.rmtree(src, ignore_errors=True)
-            _extract_llama_cpp(ensure_sdist(version, cache, log), src)
+            if local:
+                _copy_llama_cpp(Path(local), version, src)
+            else:
+                _extract_llama_cpp(ensure_sdist(version, cache, log), src)
         commit = (src / ".forge-commit").read_text().strip()
         generator = ["-G", "Ninja"] if shutil.which("ninja") else []
         configure = ["cmake", "-S", str(src), "-B", str(root / "build"), *generator, *args,
@@ -201,6 +232,11 @@ def ensure_build(version: str, backend: str, extra_args: list[str], jobs: int, l
             "build_seconds": round(time.monotonic() - started, 1),
             "jobs": jobs,
         }
+        if local:
+            info["source"] = f"local llama.cpp tree ({LOCAL_SOURCE_ENV}={local})"
+        if backend == "cuda":
+            info["cuda_architectures"] = cuda_architectures or "CMake default (no GPU detected)"
+            info["built_on_gpus"] = host_gpus()
         atomic_write_text(info_path, json.dumps(info, indent=2) + "\n")
         return root
 
@@ -228,14 +264,26 @@ def _convert_script(bin_dir: Path) -> str | None:
     return None
 
 
+def build_bin_dir(build_dir: Path | str) -> Path:
+    """Where the tools of an existing build directory are: its bin/, or the directory itself."""
+    build_dir = Path(build_dir)
+    return build_dir / "bin" if (build_dir / "bin").is_dir() else build_dir
+
+
+def missing_tools_message(bin_dir: Path) -> str | None:
+    """What the tools directory lacks, worded for toolchain.build_dir; None when complete."""
+    missing = [t for t in TOOLS if not (bin_dir / t).is_file()]
+    if not missing:
+        return None
+    return (f"{bin_dir} lacks {', '.join(missing)}; expected a llama.cpp build with the tools "
+            f"{', '.join(TOOLS)} in its bin/ directory")
+
+
 def describe(bin_dir: Path, build_info: dict) -> dict:
     """The stamp every downstream rule depends on: what was built, how, and the binaries' digests."""
-    missing = [t for t in TOOLS if not (bin_dir / t).exists()]
+    missing = missing_tools_message(bin_dir)
     if missing:
-        raise UserError(
-            f"toolchain.build_dir: {bin_dir} lacks {', '.join(missing)}; expected a llama.cpp build "
-            f"with the tools {', '.join(TOOLS)} in its bin/ directory"
-        )
+        raise UserError(f"toolchain.build_dir: {missing}")
     broken = [t for t in TOOLS if not _run_ok(bin_dir / t)]
     if broken:
         raise UserError(f"toolchain.build_dir: {', '.join(broken)} in {bin_dir} do not run (they exit non-zero on --version/--help)")
@@ -267,8 +315,7 @@ def main(argv: list[str] | None = None) -> None:
     ns = parser.parse_args(argv)
     log = open(ns.log, "a") if ns.log else sys.stderr
     if ns.build_dir:
-        bin_dir = ns.build_dir / "bin" if (ns.build_dir / "bin").is_dir() else ns.build_dir
-        stamp = describe(bin_dir, {"source": "existing build directory", "backend": ns.backend})
+        stamp = describe(build_bin_dir(ns.build_dir), {"source": "existing build directory", "backend": ns.backend})
     else:
         root = ensure_build(ns.version, ns.backend, ns.cmake_arg, ns.jobs, log, ns.cuda_architectures)
         stamp = describe(root / "build/bin", {"source": "llama-cpp-python sdist",

@@ -20,6 +20,7 @@ from typing import Any
 from workflow_scripts.atomic import atomic_write_text
 from workflow_scripts.checksums import verify
 from workflow_scripts.errors import UserError, run_cli
+from workflow_scripts.gpu import offload_from_log
 from workflow_scripts.llama_tools import parse_kl_divergence, parse_perplexity_base
 from workflow_scripts.tool_step import run_logged, tool_path
 
@@ -34,18 +35,25 @@ QUALITY_COLUMNS = ("model", "quant", "verdict", "shipped", "type", "imatrix", "f
 
 
 def measure_quant(stamp: Path, gguf: Path, logits: Path, threads: int, log: Path,
-                  verify_paths: list[Path]) -> dict[str, Any]:
+                  verify_paths: list[Path], gpu_layers: int = 0) -> dict[str, Any]:
     """Run llama-perplexity --kl-divergence of ``gguf`` against the reference logits; parse it."""
     for path in verify_paths:
         verify(path)
     cmd = [str(tool_path(stamp, "llama-perplexity")), "-m", str(gguf), "--kl-divergence-base", str(logits),
-           "--kl-divergence", "-t", str(threads)]
+           "--kl-divergence", "-t", str(threads)] + (["-ngl", str(gpu_layers)] if gpu_layers else [])
     log.unlink(missing_ok=True)  # the log is parsed: only this run's output may be in it
     run_logged(cmd, log, "llama-perplexity", f"the KL divergence of {gguf}")
     try:
-        return parse_kl_divergence(log.read_text(errors="replace"))
+        return with_offload(parse_kl_divergence(log.read_text(errors="replace")), log)
     except ValueError as err:
         raise UserError(f"{log}: {err}") from None
+
+
+def with_offload(figures: dict, log: Path) -> dict:
+    """The figures, plus the GPU that computed them when the tool's log shows one (a CPU run's
+    record stays as it was)."""
+    offload = offload_from_log(log.read_text(errors="replace"))
+    return {**figures, "offload": offload} if offload else figures
 
 
 def quant_metrics(name: str, kld: dict, census: dict, stamp: dict) -> dict[str, Any]:
@@ -159,6 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("--stamp", "--gguf", "--logits", "--census", "--log", "--out"):
         quant.add_argument(name, type=Path, required=True)
     quant.add_argument("--threads", type=int, default=1)
+    quant.add_argument("--gpu-layers", type=int, default=0, help="layers llama-perplexity offloads to the GPU (-ngl)")
     quant.add_argument("--verify", type=Path, action="append", default=[], help="check this file against its .sha256 first")
     judged = sub.add_parser("verdict", help="judge one build by its gate and sanity generation")
     judged.add_argument("--metrics", type=Path, required=True)
@@ -177,9 +186,9 @@ def main(argv: list[str] | None = None) -> None:
     table.add_argument("--out", type=Path, required=True)
     ns = parser.parse_args(argv)
     if ns.command == "reference":
-        result = parse_perplexity_base(ns.log.read_text(errors="replace"))
+        result = with_offload(parse_perplexity_base(ns.log.read_text(errors="replace")), ns.log)
     elif ns.command == "quant":
-        kld = measure_quant(ns.stamp, ns.gguf, ns.logits, ns.threads, ns.log, ns.verify)
+        kld = measure_quant(ns.stamp, ns.gguf, ns.logits, ns.threads, ns.log, ns.verify, ns.gpu_layers)
         result = quant_metrics(ns.name, kld, json.loads(ns.census.read_text()), json.loads(ns.stamp.read_text()))
     elif ns.command == "verdict":
         result = verdict(json.loads(ns.metrics.read_text()), json.loads(ns.sanity.read_text()), json.loads(ns.build_json),

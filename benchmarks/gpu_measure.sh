@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The workflow on a random-weight ~1B Llama, twice on one GPU host: a CUDA toolchain with a GPU
+# tier, then a CPU toolchain with a CPU tier; then both sides' figures side by side (docs/gpu.md).
+# The host needs CUDA, CMake, Python 3.12 with torch, and no internet: everything else comes from
+# the offline bundle made beforehand with `scripts/offline-bundle.sh .bundle` on a connected host.
+# Usage: benchmarks/gpu_measure.sh [SIDES]   SIDES: "cuda cpu" (default), "cuda" or "cpu"
+# Environment: BUNDLE (default .bundle), WORK (default /tmp/gguf-forge-gpu), OUT (copies of the
+# figures, default $WORK/out), MODEL_ARGS (e.g. "--layers 2 --hidden 256" for a quick trial).
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+bundle=$(cd "${BUNDLE:-$root/.bundle}" && pwd)
+sides=${1:-cuda cpu}
+work=${WORK:-/tmp/gguf-forge-gpu}
+out=${OUT:-$work/out}
+cores=$(nproc)
+mkdir -p "$work/src" "$out"
+stamp() { echo "[$(date +%T)] $*"; }
+
+stamp "environment: a venv layered over the host's python3 packages, the bundle's wheels for the rest"
+# (--system-site-packages would skip them where python3 is itself a virtual environment)
+if [ ! -x "$work/venv/bin/python" ]; then
+    python3 -m venv "$work/venv"
+    purelib='import sysconfig; print(sysconfig.get_paths()["purelib"])'
+    python3 -c "$purelib" >"$("$work/venv/bin/python" -c "$purelib")/host-python.pth"
+fi
+"$work/venv/bin/python" -m pip install --quiet --no-index --find-links "$bundle/wheels" "snakemake==9.27.1" \
+    "gguf==0.19.0" "jsonschema>=4.20" diskcache "transformers==4.57.6" "sentencepiece==0.2.1" "protobuf==5.29.5"
+[ -d "$work/src/llama.cpp" ] || tar -xJf "$bundle/llama.cpp.tar.xz" -C "$work/src"
+export PATH=$work/venv/bin:$PATH PYTHONPATH=$root:$bundle/site
+export GGUF_FORGE_CACHE=$work/cache GGUF_FORGE_LLAMA_CPP_SRC=$work/src/llama.cpp
+nvidia-smi --query-gpu=name,memory.total,compute_cap,driver_version --format=csv,noheader || true
+
+stamp "toolchains (the workflow's own toolchain jobs then reuse them) and the model, side by side"
+pids=()
+for side in $sides; do
+    mkdir -p "$work/$side"
+    python -m workflow_scripts.toolchain --version 0.3.36 --backend "$side" --jobs "$cores" \
+        --stamp "$work/$side/prebuilt.json" --log "$work/$side/toolchain.log" &
+    pids+=($!)
+done
+[ -f "$work/model/model.safetensors" ] || python -m benchmarks.gpu_measure model "$work/model" ${MODEL_ARGS:-}
+for pid in "${pids[@]}"; do wait "$pid"; done
+for side in $sides; do
+    stamp "$side toolchain built in $(python -c 'import json,sys; print(json.load(open(sys.argv[1]))["build_seconds"])' \
+        "$work/$side/prebuilt.json") s"
+done
+
+for side in $sides; do
+    stamp "workflow, $side side"
+    targets=$(python -m benchmarks.gpu_measure config --backend "$side" --model-dir "$work/model" --out "$work/$side/config.yaml")
+    (cd "$work/$side" && snakemake -s "$root/Snakefile" --configfile config.yaml --cores "$cores" $targets)
+    tar -czf "$out/$side-results.tar.gz" --exclude '*.logits' -C "$work/$side" results/toolchain results/benchmarks \
+        results/logs results/rand1b/benchmark results/rand1b/validate
+done
+
+stamp "figures"
+python -m benchmarks.gpu_measure table --cpu "$work/cpu" --cuda "$work/cuda" | tee "$out/gpu_table.md"
