@@ -7,7 +7,6 @@ appears only through ``os.replace``, which is atomic on one filesystem.
 from __future__ import annotations
 
 import os
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -34,17 +33,7 @@ def atomic_output(final: Path | str) -> Iterator[Path]:
 
 
 def atomic_write_text(final: Path | str, text: str) -> None:
-    """Write ``text`` to ``final`` atomically."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".partial")
-    try:
-        # mkstemp creates 0600; outputs are published files, so use the usual umask-derived mode.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, final)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    """Write ``text`` to ``final`` atomically (through the same fixed temporary name, so what a
+    killed writer left is cleared by the next one)."""
+    with atomic_output(final) as tmp:
+        tmp.write_text(text)

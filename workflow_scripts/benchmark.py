@@ -67,7 +67,8 @@ def run_task(stamp: dict, gguf: Path, tier: dict, threads: int, settings: dict) 
     proc = subprocess.run([sys.executable, "-m", "workflow_scripts.benchmark", "--task", json.dumps(request)],
                           capture_output=True, env=env, text=True)
     if proc.returncode != 0:
-        raise UserError(f"reference task on {gguf} failed: {proc.stderr[-2000:]}")
+        status = f"signal {-proc.returncode}" if proc.returncode < 0 else f"status {proc.returncode}"
+        raise UserError(f"reference task on {gguf} failed ({status}); its last output:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout)
 
 
@@ -81,8 +82,9 @@ def task(request: dict) -> dict[str, Any]:
 
     used_before = used_memory_bytes() if request["gpu_layers"] else 0
     started = time.perf_counter()
+    # verbose: llama.cpp logs to this child's stderr, which the parent shows only if the task fails.
     llm = Llama(model_path=request["gguf"], n_ctx=request["ctx"], n_threads=request["threads"],
-                n_gpu_layers=request["gpu_layers"], use_mmap=True, seed=0, verbose=False)
+                n_gpu_layers=request["gpu_layers"], use_mmap=True, seed=0, verbose=True)
     loaded = time.perf_counter()
     first = None
     tokens = 0
