@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psutil
 
-from workflow_run import CALIBRATION, ROOT, SNAKEMAKE, snakemake, write_config
+from workflow_run import CALIBRATION, ROOT, SNAKEMAKE, job_timeline, snakemake, write_config
 from workflow_scripts.checksums import sha256_file
 
 # Each stage with the log directories of its jobs, in the order the DAG runs them (validation here:
@@ -41,8 +41,7 @@ def tiny_config(workdir: Path, tiny_hf: Path) -> Path:
 
 def job_starts(log: str) -> Counter:
     """Jobs started per rule, from Snakemake's job log."""
-    return Counter(line.split()[-1].rstrip(":") for line in log.splitlines()
-                   if line.startswith(("rule ", "localrule ", "checkpoint ")) and line.endswith(":"))
+    return Counter(rule for kind, _, rule, _ in job_timeline(log) if kind == "start")
 
 
 def _stage_started(results: Path, target: str, since: float) -> str | None:

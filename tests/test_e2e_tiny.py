@@ -1,12 +1,11 @@
 """The HF path end to end: a tiny Llama in HF format → convert → parity → imatrix → quants."""
 
 import json
-import re
 import subprocess
 
 import pytest
 
-from workflow_run import snakemake, write_config
+from workflow_run import job_timeline, snakemake, write_config
 from conftest import CALIBRATION
 
 pytestmark = pytest.mark.toolchain
@@ -128,24 +127,6 @@ def test_bf16_reference_and_an_existing_build_directory(tiny_hf, toolchain_root,
     assert not list((tmp_path / "results/tiny").rglob("*.imatrix.gguf"))
 
 
-def _job_timeline(log: str) -> list[tuple[str, int, str, int]]:
-    """('start'|'end', jobid, rule, threads) in the order Snakemake's job log reports them (a
-    job's block lists its jobid and, unless it is 1, its threads)."""
-    events, block, rules = [], None, {}
-    for line in log.splitlines():
-        if block is not None and not line.startswith("    "):
-            rules[block["jobid"]] = (block["rule"], block.get("threads", 1))
-            events.append(("start", block["jobid"], *rules[block["jobid"]]))
-            block = None
-        if header := re.match(r"^(?:local)?(?:rule|checkpoint) (\w+):$", line):
-            block = {"rule": header.group(1)}
-        elif block is not None and (field := re.match(r"^\s+(jobid|threads): (\d+)$", line)):
-            block[field.group(1)] = int(field.group(2))
-        elif finished := re.match(r"^Finished jobid: (\d+)", line):
-            events.append(("end", int(finished.group(1)), *rules[int(finished.group(1))]))
-    return events
-
-
 def test_jobs_share_the_cores_without_oversubscribing(tiny_hf, toolchain_root, tmp_path):
     """--cores 2 with one-thread quantize/validate jobs: two run side by side, the threads of the
     running jobs never add up to more than 2, each tool gets its job's threads, and a benchmark
@@ -158,7 +139,7 @@ def test_jobs_share_the_cores_without_oversubscribing(tiny_hf, toolchain_root, t
     })
     proc = snakemake(tmp_path, config, "--cores", "2", "--set-threads", "quantize=1", "validate_quant=1")
     running, most_side_by_side, alone = {}, 0, []
-    for kind, job, rule, threads in _job_timeline(proc.stderr):
+    for kind, job, rule, threads in job_timeline(proc.stderr):
         if kind == "end":
             del running[job]
             continue

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -29,3 +30,28 @@ def snakemake(workdir: Path, configfile: Path, *args: str, check: bool = True,
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
     return proc
+
+
+def job_timeline(log: str) -> list[tuple[str, int | None, str, int]]:
+    """('start'|'end', jobid, rule, threads) in the order Snakemake's job log reports them (a
+    job's block lists its jobid and, unless it is 1, its threads; a log cut off by a kill may end
+    inside a block, which still counts as a start)."""
+    events, block, rules = [], None, {}
+
+    def start() -> None:
+        rules[block.get("jobid")] = (block["rule"], block.get("threads", 1))
+        events.append(("start", block.get("jobid"), *rules[block.get("jobid")]))
+
+    for line in log.splitlines():
+        if block is not None and not line.startswith("    "):
+            start()
+            block = None
+        if header := re.match(r"^(?:local)?(?:rule|checkpoint) (\w+):$", line):
+            block = {"rule": header.group(1)}
+        elif block is not None and (field := re.match(r"^\s+(jobid|threads): (\d+)$", line)):
+            block[field.group(1)] = int(field.group(2))
+        elif finished := re.match(r"^Finished jobid: (\d+)", line):
+            events.append(("end", int(finished.group(1)), *rules[int(finished.group(1))]))
+    if block is not None:
+        start()
+    return events

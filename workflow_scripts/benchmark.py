@@ -30,7 +30,7 @@ from workflow_scripts.gpu import host_gpus, process_memory_bytes, used_memory_by
 from workflow_scripts.llama_tools import parse_bench_json
 from workflow_scripts.memory_fit import model_shape, predict
 from workflow_scripts.provenance import host_info
-from workflow_scripts.tool_step import run_logged, tool_path
+from workflow_scripts.tool_step import failure, run_logged, tool_path
 
 
 def unmeasurable(tier: dict, stamp: dict, gpus: list[str]) -> str | None:
@@ -67,8 +67,7 @@ def run_task(stamp: dict, gguf: Path, tier: dict, threads: int, settings: dict) 
     proc = subprocess.run([sys.executable, "-m", "workflow_scripts.benchmark", "--task", json.dumps(request)],
                           capture_output=True, env=env, text=True)
     if proc.returncode != 0:
-        status = f"signal {-proc.returncode}" if proc.returncode < 0 else f"status {proc.returncode}"
-        raise UserError(f"reference task on {gguf} failed ({status}); its last output:\n{proc.stderr[-2000:]}")
+        raise UserError(f"reference task on {gguf} {failure(proc.returncode)}; its last output:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout)
 
 

@@ -43,16 +43,17 @@ def measure_quant(stamp: Path, gguf: Path, logits: Path, threads: int, log: Path
            "--kl-divergence", "-t", str(threads)] + (["-ngl", str(gpu_layers)] if gpu_layers else [])
     log.unlink(missing_ok=True)  # the log is parsed: only this run's output may be in it
     run_logged(cmd, log, "llama-perplexity", f"the KL divergence of {gguf}")
+    text = log.read_text(errors="replace")
     try:
-        return with_offload(parse_kl_divergence(log.read_text(errors="replace")), log)
+        return with_offload(parse_kl_divergence(text), text)
     except ValueError as err:
         raise UserError(f"{log}: {err}") from None
 
 
-def with_offload(figures: dict, log: Path) -> dict:
+def with_offload(figures: dict, log_text: str) -> dict:
     """The figures, plus the GPU that computed them when the tool's log shows one (a CPU run's
     record stays as it was)."""
-    offload = offload_from_log(log.read_text(errors="replace"))
+    offload = offload_from_log(log_text)
     return {**figures, "offload": offload} if offload else figures
 
 
@@ -186,7 +187,8 @@ def main(argv: list[str] | None = None) -> None:
     table.add_argument("--out", type=Path, required=True)
     ns = parser.parse_args(argv)
     if ns.command == "reference":
-        result = with_offload(parse_perplexity_base(ns.log.read_text(errors="replace")), ns.log)
+        text = ns.log.read_text(errors="replace")
+        result = with_offload(parse_perplexity_base(text), text)
     elif ns.command == "quant":
         kld = measure_quant(ns.stamp, ns.gguf, ns.logits, ns.threads, ns.log, ns.verify, ns.gpu_layers)
         result = quant_metrics(ns.name, kld, json.loads(ns.census.read_text()), json.loads(ns.stamp.read_text()))
