@@ -39,4 +39,4 @@ rule imatrix:
         "python -m workflow_scripts.tool_step --stamp {input.stamp} --output {output.imatrix}"
         " --log {log} " + verify_options("gguf") + " --"
         " llama-imatrix -m {input.gguf} -f {input.text} -o {{out}} --output-format gguf"
-        " {params.calibration} -t {threads} --no-ppl" + offload_option(PLAN.toolchain, "-ngl")
+        " {params.calibration} -t {threads} --no-ppl" + offload_option(PLAN.toolchain)

@@ -1,8 +1,8 @@
 # The pinned llama.cpp: built once per (version, backend, flags) in a cache outside the checkout.
 # Every downstream rule takes the stamp as input, so a new version or backend re-runs what it built.
-# With a CUDA toolchain, the stages that can run on the GPU get offload_option's -ngl; a CPU
-# toolchain's command lines are unchanged.
-from workflow_scripts.gpu import offload_option
+# With a CUDA toolchain, the stages that can run on the GPU get offload_option's -ngl (or
+# gpu_layers_option for a script that runs the tool); a CPU toolchain's command lines are unchanged.
+from workflow_scripts.gpu import gpu_layers_option, offload_option
 
 
 rule toolchain:

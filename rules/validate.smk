@@ -27,7 +27,7 @@ rule reference_logits:
         "python -m workflow_scripts.tool_step --stamp {input.stamp} --output {output.logits}"
         " --log {log} " + verify_options("gguf") + " --"
         " llama-perplexity -m {input.gguf} -f {input.text} {params.evaluation} -t {threads}"
-        + offload_option(PLAN.toolchain, "-ngl") +
+        + offload_option(PLAN.toolchain) +
         " --kl-divergence-base {{out}}"
         " && python -m workflow_scripts.validate reference --log {log} --out {output.reference}"
 
@@ -51,7 +51,7 @@ rule validate_quant:
     shell:
         "python -m workflow_scripts.validate quant --name {wildcards.quant} --stamp {input.stamp} --gguf {input.gguf}"
         " --logits {input.logits} --census {input.census} " + verify_options("gguf", "logits") + " --threads {threads}"
-        + offload_option(PLAN.toolchain, "--gpu-layers") + " --log {log} --out {output}"
+        + gpu_layers_option(PLAN.toolchain) + " --log {log} --out {output}"
 
 
 rule sanity_reference:

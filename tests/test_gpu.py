@@ -45,11 +45,13 @@ def test_a_host_without_nvidia_smi_has_no_gpu(monkeypatch, tmp_path):
     assert gpu.cuda_architectures() == "" and gpu.host_gpus() == [] and gpu.used_memory_bytes() == 0
 
 
-def test_offload_option_only_for_a_cuda_toolchain():
-    assert gpu.offload_option({"backend": "cpu", "gpu_layers": 999}, "-ngl") == ""
-    assert gpu.offload_option({"backend": "cuda", "gpu_layers": 0}, "-ngl") == ""
-    assert gpu.offload_option({"backend": "cuda", "gpu_layers": 999}, "-ngl") == " -ngl 999"
-    assert gpu.offload_option({"backend": "cuda", "gpu_layers": 20}, "--gpu-layers") == " --gpu-layers 20"
+def test_offload_options_only_for_a_cuda_toolchain():
+    for off in ({"backend": "cpu", "gpu_layers": 999}, {"backend": "cuda", "gpu_layers": 0}):
+        assert gpu.offload_option(off) == gpu.gpu_layers_option(off) == "" and gpu.toolchain_gpu_layers(off) == 0
+    # trace verbosity, or the tool's log would not say which GPU it used and what it offloaded
+    assert gpu.offload_option({"backend": "cuda", "gpu_layers": 999}) == " -ngl 999 -lv 4"
+    assert gpu.gpu_layers_option({"backend": "cuda", "gpu_layers": 20}) == " --gpu-layers 20"
+    assert gpu.offload_args(20) == ["-ngl", "20", "-lv", "4"] and gpu.offload_args(0) == []
 
 
 def test_the_gpu_is_read_back_from_a_tool_log():
@@ -108,6 +110,6 @@ def test_gpu_offload_reaches_the_command_lines_of_a_cuda_toolchain_only(tmp_path
     cpu, cuda = _shell_commands(tmp_path, "cpu"), _shell_commands(tmp_path, "cuda")
     assert not any("-ngl" in line or "--gpu-layers" in line for line in cpu.values())
     assert cpu["imatrix"].endswith("--no-ppl")
-    assert cuda["imatrix"] == cpu["imatrix"] + " -ngl 999"
-    assert cuda["reference"] == cpu["reference"].replace(" --kl-divergence-base", " -ngl 999 --kl-divergence-base")
+    assert cuda["imatrix"] == cpu["imatrix"] + " -ngl 999 -lv 4"
+    assert cuda["reference"] == cpu["reference"].replace(" --kl-divergence-base", " -ngl 999 -lv 4 --kl-divergence-base")
     assert cuda["validate"] == cpu["validate"].replace(" --log results", " --gpu-layers 999 --log results")

@@ -35,6 +35,10 @@ def test_memory_prediction_counts_kv_cache_and_offload():
     assert predict(SHAPE, ctx=8192)["ram_bytes"] - cpu["ram_bytes"] == cpu["kv_cache_bytes"]
     gpu = predict(SHAPE, ctx=4096, gpu_layers=999)
     assert gpu["vram_bytes"] > SHAPE["tensor_bytes"] and gpu["ram_bytes"] < SHAPE["tensor_bytes"]
+    assert gpu["vram_bytes"] == (SHAPE["tensor_bytes"] + gpu["kv_cache_bytes"] + gpu["compute_bytes"]
+                                 + gpu["cuda_context_bytes"]) and gpu["cuda_context_bytes"] > 0.5e9
+    half = predict(SHAPE, ctx=4096, gpu_layers=15)
+    assert gpu["vram_bytes"] - half["vram_bytes"] == SHAPE["tensor_bytes"] // 2
     assert fits(cpu, {"ram_gb": 8, "vram_gb": 0})[0]
     ok, why = fits(cpu, {"ram_gb": 0.5, "vram_gb": 0})
     assert not ok and why.startswith("needs 0.") and "usable of 0.5 GB" in why

@@ -49,12 +49,31 @@ def process_memory_bytes(pid: int) -> int | None:
     return sum(held) if held else None
 
 
-def offload_option(toolchain: dict, flag: str) -> str:
-    """`` <flag> <layers>`` for a stage that can run on the GPU when the toolchain is CUDA, else
-    empty: a CPU toolchain's command lines stay exactly as they were."""
-    if toolchain.get("backend") != "cuda" or not toolchain.get("gpu_layers"):
-        return ""
-    return f" {flag} {toolchain['gpu_layers']}"
+OFFLOAD_VERBOSITY = 4
+"""llama.cpp's trace level (``-lv 4``): only from there on does a tool log the GPUs it found and
+the layers it offloaded, which offload_from_log records (about 150 more log lines)."""
+
+
+def offload_args(gpu_layers: int) -> list[str]:
+    """A llama.cpp tool's options to put ``gpu_layers`` layers on the GPU and log where they went."""
+    return ["-ngl", str(gpu_layers), "-lv", str(OFFLOAD_VERBOSITY)] if gpu_layers else []
+
+
+def toolchain_gpu_layers(toolchain: dict) -> int:
+    """Layers the GPU stages offload: the configured count with a CUDA toolchain, else none."""
+    return int(toolchain.get("gpu_layers") or 0) if toolchain.get("backend") == "cuda" else 0
+
+
+def offload_option(toolchain: dict) -> str:
+    """offload_args of a llama.cpp command line; empty for a CPU toolchain, whose command lines
+    stay exactly as they were."""
+    return "".join(f" {arg}" for arg in offload_args(toolchain_gpu_layers(toolchain)))
+
+
+def gpu_layers_option(toolchain: dict) -> str:
+    """`` --gpu-layers N`` for a workflow script that runs a llama.cpp tool; empty for a CPU toolchain."""
+    layers = toolchain_gpu_layers(toolchain)
+    return f" --gpu-layers {layers}" if layers else ""
 
 
 _DEVICE = re.compile(r"Device \d+: (?P<name>[^,\n]+), compute capability (?P<cc>[\d.]+)")

@@ -3,8 +3,8 @@
 weights (the tensor bytes, all of them mapped) + KV cache at the tier's context (F16 K and V for
 every layer: ctx × layers × kv_heads × (key + value length) × 2 bytes) + compute buffers
 (the logits of one 512-token batch, n_vocab × 512 × 4 bytes, plus a fixed 256 MiB for activations
-and the runtime). On a GPU tier the offloaded share of the weights and the whole KV cache count
-against VRAM. Only a share of a tier's memory is usable: the system and other programs keep the rest.
+and the runtime). On a GPU tier the offloaded share of the weights, the whole KV cache, the compute
+buffers and the CUDA context (driver, kernels, cuBLAS workspace) count against VRAM. Only a share of a tier's memory is usable: the system and other programs keep the rest.
 """
 
 from __future__ import annotations
@@ -14,6 +14,10 @@ from typing import Any
 
 UBATCH = 512
 RUNTIME_BYTES = 256 * 1024 * 1024
+CUDA_CONTEXT_BYTES = 768 * 1024 * 1024
+"""What a CUDA process holds on the GPU before any tensor: measured on an H200 (CUDA 13, llama.cpp
+built for sm_90) as a near-constant 0.68-0.75 GB above the rest of the prediction; rounded up, so
+a fit verdict errs on the safe side."""
 USABLE_RAM = 0.8
 USABLE_VRAM = 0.9
 GB = 1e9
@@ -53,10 +57,10 @@ def predict(shape: dict[str, int], ctx: int, gpu_layers: int = 0) -> dict[str, A
     kv = ctx * shape["layers"] * shape["kv_heads"] * (shape["key_length"] + shape["value_length"]) * 2
     compute = shape["vocab"] * UBATCH * 4 + RUNTIME_BYTES
     offloaded = min(gpu_layers, shape["layers"]) / shape["layers"] if shape["layers"] else 0.0
-    vram = int(shape["tensor_bytes"] * offloaded + kv + compute) if gpu_layers else 0
+    vram = int(shape["tensor_bytes"] * offloaded + kv + compute + CUDA_CONTEXT_BYTES) if gpu_layers else 0
     ram = int(shape["tensor_bytes"] * (1 - offloaded) + (0 if gpu_layers else kv + compute)) + RUNTIME_BYTES // 4
     return {"weights_bytes": shape["tensor_bytes"], "kv_cache_bytes": kv, "compute_bytes": compute,
-            "ram_bytes": ram, "vram_bytes": vram}
+            "cuda_context_bytes": CUDA_CONTEXT_BYTES if gpu_layers else 0, "ram_bytes": ram, "vram_bytes": vram}
 
 
 def fits(prediction: dict[str, Any], tier: dict[str, Any]) -> tuple[bool, str]:

@@ -20,7 +20,7 @@ from typing import Any
 from workflow_scripts.atomic import atomic_write_text
 from workflow_scripts.checksums import verify
 from workflow_scripts.errors import UserError, run_cli
-from workflow_scripts.gpu import offload_from_log
+from workflow_scripts.gpu import offload_args, offload_from_log
 from workflow_scripts.llama_tools import parse_kl_divergence, parse_perplexity_base
 from workflow_scripts.tool_step import run_logged, tool_path
 
@@ -40,7 +40,7 @@ def measure_quant(stamp: Path, gguf: Path, logits: Path, threads: int, log: Path
     for path in verify_paths:
         verify(path)
     cmd = [str(tool_path(stamp, "llama-perplexity")), "-m", str(gguf), "--kl-divergence-base", str(logits),
-           "--kl-divergence", "-t", str(threads)] + (["-ngl", str(gpu_layers)] if gpu_layers else [])
+           "--kl-divergence", "-t", str(threads), *offload_args(gpu_layers)]
     log.unlink(missing_ok=True)  # the log is parsed: only this run's output may be in it
     run_logged(cmd, log, "llama-perplexity", f"the KL divergence of {gguf}")
     text = log.read_text(errors="replace")
