@@ -17,6 +17,8 @@ import json
 import sys
 from pathlib import Path
 
+from workflow_scripts.llama_tools import parse_bench_json
+
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "rand1b"
 QUANTS = ["Q8_0", "Q4_K_M"]
@@ -79,6 +81,20 @@ def bench(run: Path, backend: str, name: str) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def speed(run: Path, backend: str, name: str) -> tuple[dict, bool]:
+    """llama-bench's figures for a file: from the benchmark record, else from llama-bench's own
+    output beside the job's log (written before the reference task, so it survives that task's
+    failure); and whether they came from there."""
+    record = bench(run, backend, name)
+    if record and record.get("measured"):
+        return record["llama_bench"], False
+    raw = run / f"results/logs/benchmark/{MODEL}-{TIERS[backend]['name']}-{name}.json"
+    try:
+        return parse_bench_json(raw.read_text()), True
+    except (OSError, ValueError):
+        return {}, False
+
+
 def _fmt(value, spec: str = ".1f") -> str:
     return "—" if value is None else format(value, spec)
 
@@ -88,22 +104,25 @@ def table(cpu: Path, cuda: Path, bandwidth: float) -> str:
     for label, tsv in STAGES:
         c, g = stage_seconds(cpu, tsv), stage_seconds(cuda, tsv)
         lines.append(f"| {label} | {_fmt(c)} | {_fmt(g)} | {_fmt(c / g if c and g else None)} |")
-    lines += ["", "| file | MB | CPU pp t/s | GPU pp t/s | CPU tg t/s | GPU tg t/s | GPU tg × bytes / bandwidth "
+    lines += ["", "| file | weights MB | CPU pp t/s | GPU pp t/s | CPU tg t/s | GPU tg t/s | GPU tg × bytes / bandwidth "
               "| VRAM measured MB | VRAM predicted MB | measured / predicted |", "|---|---|---|---|---|---|---|---|---|---|"]
+    raw_only = False
     for name in (REFERENCE, *QUANTS):
-        c, g = bench(cpu, "cpu", name), bench(cuda, "cuda", name)
-        size = (g or c or {}).get("file_bytes")
-        speed = {side: (r["llama_bench"] if r and r.get("measured") else {}) for side, r in (("cpu", c), ("gpu", g))}
-        tg = speed["gpu"].get("tg", {}).get("tokens_per_s")
-        vram = (g or {}).get("vram", {})
+        (cpu_speed, cpu_raw), (gpu_speed, gpu_raw) = speed(cpu, "cpu", name), speed(cuda, "cuda", name)
+        raw_only |= cpu_raw or gpu_raw
+        size = next((s["model_size"] for s in (gpu_speed, cpu_speed) if s), None)
+        tg = gpu_speed.get("tg", {}).get("tokens_per_s")
+        vram = (bench(cuda, "cuda", name) or {}).get("vram", {})
         lines.append("| " + " | ".join([
-            name, _fmt(size and size / 1e6, ".0f"),
-            _fmt(speed["cpu"].get("pp", {}).get("tokens_per_s")), _fmt(speed["gpu"].get("pp", {}).get("tokens_per_s")),
-            _fmt(speed["cpu"].get("tg", {}).get("tokens_per_s")), _fmt(tg),
+            name + ("*" if cpu_raw or gpu_raw else ""), _fmt(size and size / 1e6, ".0f"),
+            _fmt(cpu_speed.get("pp", {}).get("tokens_per_s")), _fmt(gpu_speed.get("pp", {}).get("tokens_per_s")),
+            _fmt(cpu_speed.get("tg", {}).get("tokens_per_s")), _fmt(tg),
             _fmt(tg and size and tg * size / bandwidth, ".1%"),
             _fmt(vram.get("measured_bytes") and vram["measured_bytes"] / 1e6, ".0f"),
             _fmt(vram.get("predicted_bytes") and vram["predicted_bytes"] / 1e6, ".0f"),
             _fmt(vram.get("measured_over_predicted"), ".2f")]) + " |")
+    if raw_only:
+        lines += ["", "*: llama-bench's own output; the benchmark job failed afterwards, in its reference task."]
     gpus = next((r["host"]["gpus"] for r in (bench(cuda, "cuda", n) for n in (REFERENCE, *QUANTS)) if r), [])
     lines += ["", f"GPU: {', '.join(gpus) or 'none found'}; bandwidth figure: {bandwidth / 1e12:.2f} TB/s"
               + (" (H200 datasheet, nominal)" if bandwidth == H200_BANDWIDTH else "")
