@@ -1,6 +1,7 @@
 """The pinned llama.cpp: cache key, stamp contents, and refusal of a build without the tools."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -78,3 +79,10 @@ def test_llama_cpp_python_uses_the_same_library(toolchain_bin):
     out = subprocess.run([sys.executable, "-c", code], env={"LLAMA_CPP_LIB_PATH": str(toolchain_bin)},
                          capture_output=True, text=True, check=True).stdout.strip()
     assert out == str(toolchain_bin / "libllama.so")
+
+
+@pytest.mark.toolchain
+def test_the_stamp_records_the_compilers(toolchain_stamp):
+    compilers = json.loads(toolchain_stamp.read_text())["compilers"]
+    assert set(compilers) == {"c", "cxx"}  # a CPU build compiles no CUDA
+    assert all(re.fullmatch(r"/\S+ \(.*\d+\.\d+.*\)", c) for c in compilers.values()), compilers

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -241,6 +242,22 @@ def ensure_build(version: str, backend: str, extra_args: list[str], jobs: int, l
         return root
 
 
+def configured_compilers(build: Path) -> dict[str, str]:
+    """The compilers CMake chose (from CC, CXX, CUDAHOSTCXX or PATH), each with its version line: the
+    binaries depend on them, and a host's own compiler can differ from the system's in ways that
+    matter (one that links libstdc++ statically into each library cannot serve llama-cpp-python:
+    docs/gpu.md), while the cache key knows only the CMake arguments."""
+    cache = build / "CMakeCache.txt"
+    cache = cache.read_text(errors="replace") if cache.is_file() else ""  # a build made some other way
+    compilers = {}
+    for lang, path in re.findall(r"^CMAKE_(C|CXX|CUDA)_COMPILER:\w+=(.+)$", cache, re.M):
+        lines = [line for line in subprocess.run([path, "--version"], capture_output=True, text=True).stdout.splitlines()
+                 if line.strip()]
+        version = next((line for line in lines if "release" in line), lines[0] if lines else "version unknown")
+        compilers[lang.lower()] = f"{path} ({version.strip()})"  # nvcc's first line names no release
+    return compilers
+
+
 def _run_ok(exe: Path) -> bool:
     """True when the tool starts (its shared libraries resolve).
 
@@ -299,6 +316,7 @@ def describe(bin_dir: Path, build_info: dict) -> dict:
         "binaries_sha256": {p.name: sha256_file(p) for p in sorted(bin_dir.iterdir())
                             if p.is_file() and not p.is_symlink() and (p.name in TOOLS or ".so" in p.name)},
         "host": {"machine": platform.machine(), "system": platform.system()},
+        "compilers": configured_compilers(bin_dir.parent),
     }
 
 
