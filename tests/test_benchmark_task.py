@@ -32,12 +32,25 @@ def test_a_model_the_library_cannot_load_fails_with_the_status_and_its_log(tiny_
     assert "Failed to load model" in message and "llama_model_load" in message  # llama.cpp's verbose log
 
 
-def test_a_child_killed_by_a_signal_is_named_with_the_signal(tmp_path, monkeypatch):
+@pytest.fixture
+def segfaulting_child(tmp_path, monkeypatch):
+    """The task's child replaced by one that logs a line and dies by SIGSEGV, as a crashed libllama does."""
     crash = tmp_path / "python"
     crash.write_text("#!/bin/sh\necho 'print_info: n_layer_all = 2' >&2\nkill -SEGV $$\n")
     crash.chmod(0o755)
     monkeypatch.setattr(sys, "executable", str(crash))
+
+
+def test_a_child_killed_by_a_signal_is_named_with_the_signal(tmp_path, segfaulting_child):
     with pytest.raises(UserError) as caught:
         run_task({"bin_dir": str(tmp_path)}, tmp_path / "m.gguf", TIER, 1, SETTINGS)
     assert str(caught.value) == (f"reference task on {tmp_path / 'm.gguf'} was killed by signal 11 (SIGSEGV); "
                                  "its last output:\nprint_info: n_layer_all = 2\n")
+
+
+def test_a_crash_with_a_static_cxx_runtime_says_how_to_build_instead(tmp_path, segfaulting_child):
+    stamp = {"bin_dir": str(tmp_path), "libstdcxx": "static", "compilers": {"cxx": "/opt/gcc/bin/g++ (g++ (GCC) 15.1.0)"}}
+    with pytest.raises(UserError) as caught:
+        run_task(stamp, tmp_path / "m.gguf", TIER, 1, SETTINGS)
+    assert "linked in statically (by /opt/gcc/bin/g++ (g++ (GCC) 15.1.0))" in str(caught.value)
+    assert str(caught.value).endswith("(e.g. CC=/usr/bin/gcc CXX=/usr/bin/g++).")

@@ -8,7 +8,8 @@ import sys
 import pytest
 
 from workflow_scripts.errors import UserError
-from workflow_scripts.toolchain import DETERMINISTIC_FP, TOOLS, apply_patches, build_key, cmake_args, describe
+from workflow_scripts.toolchain import (DETERMINISTIC_FP, TOOLS, apply_patches, build_key, cmake_args, describe,
+                                      libstdcxx_linkage)
 
 
 def test_cache_key_changes_with_version_backend_and_flags():
@@ -86,3 +87,15 @@ def test_the_stamp_records_the_compilers(toolchain_stamp):
     compilers = json.loads(toolchain_stamp.read_text())["compilers"]
     assert set(compilers) == {"c", "cxx"}  # a CPU build compiles no CUDA
     assert all(re.fullmatch(r"/\S+ \(.*\d+\.\d+.*\)", c) for c in compilers.values()), compilers
+    assert json.loads(toolchain_stamp.read_text())["libstdcxx"] == "shared"
+
+
+@pytest.mark.parametrize("flags, linkage", [([], "shared"), (["-static-libstdc++"], "static")])
+def test_a_libllama_with_its_own_static_libstdcxx_is_told_apart(tmp_path, flags, linkage):
+    """The compiler decides (a host GCC can link libstdc++ into every library): a real C++ library
+    built both ways stands in for libllama."""
+    source = tmp_path / "lib.cpp"
+    source.write_text('#include <sstream>\nstd::string f(long v) { std::ostringstream s; s << v; return s.str(); }\n')
+    subprocess.run(["g++", "-shared", "-fPIC", *flags, "-o", str(tmp_path / "libllama.so"), str(source)], check=True)
+    assert libstdcxx_linkage(tmp_path) == linkage
+    assert libstdcxx_linkage(tmp_path / "missing") == "unknown"

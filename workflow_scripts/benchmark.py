@@ -67,8 +67,19 @@ def run_task(stamp: dict, gguf: Path, tier: dict, threads: int, settings: dict) 
     proc = subprocess.run([sys.executable, "-m", "workflow_scripts.benchmark", "--task", json.dumps(request)],
                           capture_output=True, env=env, text=True)
     if proc.returncode != 0:
-        raise UserError(f"reference task on {gguf} {failure(proc.returncode)}; its last output:\n{proc.stderr[-2000:]}")
+        raise UserError(f"reference task on {gguf} {failure(proc.returncode)}; its last output:\n{proc.stderr[-2000:]}"
+                        + static_runtime_hint(stamp, proc.returncode))
     return json.loads(proc.stdout)
+
+
+def static_runtime_hint(stamp: dict, returncode: int) -> str:
+    """The likely cause of a crashed task when the toolchain carries its own static libstdc++."""
+    if returncode >= 0 or stamp.get("libstdcxx") != "static":
+        return ""
+    compiler = stamp.get("compilers", {}).get("cxx", "its C++ compiler")
+    return (f"\nThis toolchain's libllama has the C++ runtime linked in statically (by {compiler}), and "
+            "llama-cpp-python can crash loading it beside another libstdc++. Build the toolchain with a compiler "
+            "that links libstdc++ as a shared library (e.g. CC=/usr/bin/gcc CXX=/usr/bin/g++).")
 
 
 def task(request: dict) -> dict[str, Any]:

@@ -258,6 +258,19 @@ def configured_compilers(build: Path) -> dict[str, str]:
     return compilers
 
 
+def libstdcxx_linkage(bin_dir: Path) -> str:
+    """How libllama holds the C++ runtime: ``shared`` (libstdc++ or libc++ among the libraries it
+    needs: the usual case), ``static`` (a compiler that links it into every library; llama-cpp-python
+    loading such a libllama beside another libstdc++ can crash: docs/gpu.md) or ``unknown``."""
+    try:
+        proc = subprocess.run(["readelf", "-d", str(bin_dir / "libllama.so")], capture_output=True, text=True)
+    except OSError:
+        return "unknown"
+    if proc.returncode != 0:
+        return "unknown"
+    return "shared" if re.search(r"\(NEEDED\).*\[lib(stdc|c)\+\+\.so", proc.stdout) else "static"
+
+
 def _run_ok(exe: Path) -> bool:
     """True when the tool starts (its shared libraries resolve).
 
@@ -317,6 +330,7 @@ def describe(bin_dir: Path, build_info: dict) -> dict:
                             if p.is_file() and not p.is_symlink() and (p.name in TOOLS or ".so" in p.name)},
         "host": {"machine": platform.machine(), "system": platform.system()},
         "compilers": configured_compilers(bin_dir.parent),
+        "libstdcxx": libstdcxx_linkage(bin_dir),
     }
 
 
