@@ -81,11 +81,10 @@ def bench(run: Path, backend: str, name: str) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def speed(run: Path, backend: str, name: str) -> tuple[dict, bool]:
-    """llama-bench's figures for a file: from the benchmark record, else from llama-bench's own
+def speed(run: Path, backend: str, name: str, record: dict | None) -> tuple[dict, bool]:
+    """llama-bench's figures for a file: from its benchmark record, else from llama-bench's own
     output beside the job's log (written before the reference task, so it survives that task's
     failure); and whether they came from there."""
-    record = bench(run, backend, name)
     if record and record.get("measured"):
         return record["llama_bench"], False
     raw = run / f"results/logs/benchmark/{MODEL}-{TIERS[backend]['name']}-{name}.json"
@@ -106,13 +105,16 @@ def table(cpu: Path, cuda: Path, bandwidth: float) -> str:
         lines.append(f"| {label} | {_fmt(c)} | {_fmt(g)} | {_fmt(c / g if c and g else None)} |")
     lines += ["", "| file | weights MB | CPU pp t/s | GPU pp t/s | CPU tg t/s | GPU tg t/s | GPU tg × bytes / bandwidth "
               "| VRAM measured MB | VRAM predicted MB | measured / predicted |", "|---|---|---|---|---|---|---|---|---|---|"]
-    raw_only = False
+    raw_only, gpus = False, []
     for name in (REFERENCE, *QUANTS):
-        (cpu_speed, cpu_raw), (gpu_speed, gpu_raw) = speed(cpu, "cpu", name), speed(cuda, "cuda", name)
+        gpu_record = bench(cuda, "cuda", name)
+        (cpu_speed, cpu_raw) = speed(cpu, "cpu", name, bench(cpu, "cpu", name))
+        (gpu_speed, gpu_raw) = speed(cuda, "cuda", name, gpu_record)
         raw_only |= cpu_raw or gpu_raw
+        gpus = gpus or (gpu_record or {}).get("host", {}).get("gpus", [])
         size = next((s["model_size"] for s in (gpu_speed, cpu_speed) if s), None)
         tg = gpu_speed.get("tg", {}).get("tokens_per_s")
-        vram = (bench(cuda, "cuda", name) or {}).get("vram", {})
+        vram = (gpu_record or {}).get("vram", {})
         lines.append("| " + " | ".join([
             name + ("*" if cpu_raw or gpu_raw else ""), _fmt(size and size / 1e6, ".0f"),
             _fmt(cpu_speed.get("pp", {}).get("tokens_per_s")), _fmt(gpu_speed.get("pp", {}).get("tokens_per_s")),
@@ -123,7 +125,6 @@ def table(cpu: Path, cuda: Path, bandwidth: float) -> str:
             _fmt(vram.get("measured_over_predicted"), ".2f")]) + " |")
     if raw_only:
         lines += ["", "*: llama-bench's own output; the benchmark job failed afterwards, in its reference task."]
-    gpus = next((r["host"]["gpus"] for r in (bench(cuda, "cuda", n) for n in (REFERENCE, *QUANTS)) if r), [])
     lines += ["", f"GPU: {', '.join(gpus) or 'none found'}; bandwidth figure: {bandwidth / 1e12:.2f} TB/s"
               + (" (H200 datasheet, nominal)" if bandwidth == H200_BANDWIDTH else "")
               + ". Weights are random: speed depends on shapes and types, not on values."]

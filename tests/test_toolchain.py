@@ -9,7 +9,7 @@ import pytest
 
 from workflow_scripts.errors import UserError
 from workflow_scripts.toolchain import (DETERMINISTIC_FP, TOOLS, apply_patches, build_key, cmake_args, describe,
-                                      libstdcxx_linkage)
+                                      configured_compilers, libstdcxx_linkage)
 
 
 def test_cache_key_changes_with_version_backend_and_flags():
@@ -99,3 +99,12 @@ def test_a_libllama_with_its_own_static_libstdcxx_is_told_apart(tmp_path, flags,
     subprocess.run(["g++", "-shared", "-fPIC", *flags, "-o", str(tmp_path / "libllama.so"), str(source)], check=True)
     assert libstdcxx_linkage(tmp_path) == linkage
     assert libstdcxx_linkage(tmp_path / "missing") == "unknown"
+
+
+def test_a_compiler_gone_since_the_build_is_recorded_not_fatal(tmp_path):
+    silent = tmp_path / "cc"  # answers --version with nothing
+    silent.write_text("#!/bin/sh\n")
+    silent.chmod(0o755)
+    (tmp_path / "CMakeCache.txt").write_text(f"CMAKE_CXX_COMPILER:FILEPATH=/nonexistent/g++\nCMAKE_C_COMPILER:STRING={silent}\n")
+    assert configured_compilers(tmp_path) == {"cxx": "/nonexistent/g++ (version unknown)", "c": f"{silent} (version unknown)"}
+    assert configured_compilers(tmp_path / "elsewhere") == {}

@@ -4,7 +4,8 @@ weights (the tensor bytes, all of them mapped) + KV cache at the tier's context 
 every layer: ctx × layers × kv_heads × (key + value length) × 2 bytes) + compute buffers
 (the logits of one 512-token batch, n_vocab × 512 × 4 bytes, plus a fixed 256 MiB for activations
 and the runtime). On a GPU tier the offloaded share of the weights, the whole KV cache, the compute
-buffers and the CUDA context (driver, kernels, cuBLAS workspace) count against VRAM. Only a share of a tier's memory is usable: the system and other programs keep the rest.
+buffers and the CUDA context (driver, kernels, cuBLAS workspace) count against VRAM. Only a share
+of a tier's memory is usable: the system and other programs keep the rest.
 """
 
 from __future__ import annotations
@@ -57,10 +58,11 @@ def predict(shape: dict[str, int], ctx: int, gpu_layers: int = 0) -> dict[str, A
     kv = ctx * shape["layers"] * shape["kv_heads"] * (shape["key_length"] + shape["value_length"]) * 2
     compute = shape["vocab"] * UBATCH * 4 + RUNTIME_BYTES
     offloaded = min(gpu_layers, shape["layers"]) / shape["layers"] if shape["layers"] else 0.0
-    vram = int(shape["tensor_bytes"] * offloaded + kv + compute + CUDA_CONTEXT_BYTES) if gpu_layers else 0
+    context = CUDA_CONTEXT_BYTES if gpu_layers else 0
+    vram = int(shape["tensor_bytes"] * offloaded + kv + compute + context) if gpu_layers else 0
     ram = int(shape["tensor_bytes"] * (1 - offloaded) + (0 if gpu_layers else kv + compute)) + RUNTIME_BYTES // 4
     return {"weights_bytes": shape["tensor_bytes"], "kv_cache_bytes": kv, "compute_bytes": compute,
-            "cuda_context_bytes": CUDA_CONTEXT_BYTES if gpu_layers else 0, "ram_bytes": ram, "vram_bytes": vram}
+            "cuda_context_bytes": context, "ram_bytes": ram, "vram_bytes": vram}
 
 
 def fits(prediction: dict[str, Any], tier: dict[str, Any]) -> tuple[bool, str]:

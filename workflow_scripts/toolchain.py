@@ -247,15 +247,21 @@ def configured_compilers(build: Path) -> dict[str, str]:
     binaries depend on them, and a host's own compiler can differ from the system's in ways that
     matter (one that links libstdc++ statically into each library cannot serve llama-cpp-python:
     docs/gpu.md), while the cache key knows only the CMake arguments."""
-    cache = build / "CMakeCache.txt"
-    cache = cache.read_text(errors="replace") if cache.is_file() else ""  # a build made some other way
-    compilers = {}
-    for lang, path in re.findall(r"^CMAKE_(C|CXX|CUDA)_COMPILER:\w+=(.+)$", cache, re.M):
-        lines = [line for line in subprocess.run([path, "--version"], capture_output=True, text=True).stdout.splitlines()
-                 if line.strip()]
-        version = next((line for line in lines if "release" in line), lines[0] if lines else "version unknown")
-        compilers[lang.lower()] = f"{path} ({version.strip()})"  # nvcc's first line names no release
-    return compilers
+    cache_file = build / "CMakeCache.txt"
+    cache = cache_file.read_text(errors="replace") if cache_file.is_file() else ""  # a build made some other way
+    return {lang.lower(): f"{path} ({_version_line(path)})"
+            for lang, path in re.findall(r"^CMAKE_(C|CXX|CUDA)_COMPILER:\w+=(.+)$", cache, re.M)}
+
+
+def _version_line(compiler: str) -> str:
+    """The line of ``compiler --version`` that names its release (nvcc's first line does not); a
+    compiler gone since the build (an existing build_dir made elsewhere) is "version unknown"."""
+    try:
+        out = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
+    except OSError:
+        return "version unknown"
+    lines = [line.strip() for line in out.splitlines() if line.strip()]
+    return next((line for line in lines if "release" in line), lines[0] if lines else "version unknown")
 
 
 def libstdcxx_linkage(bin_dir: Path) -> str:
