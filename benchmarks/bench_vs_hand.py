@@ -1,11 +1,11 @@
 """Do the speeds the workflow records match llama-bench run by hand on the same files?
 
-For every benchmark record under results/{model}/benchmark/{tier}/ of a finished run (measured
+For every benchmark record under results/{model}/speed/{tier}/ of a finished run (measured
 tiers only), this runs llama-bench by hand with the same file, threads, GPU layers, pp/tg sizes
 and repetitions, and prints the workflow's tokens/s, the hand run's, their ratio, and each side's
 run-to-run spread (stddev / mean). A measurement, not a gate: it exits 0 unless something crashed.
 
-    .venv/bin/python benchmarks/bench_vs_hand.py --workdir . --model smollm2-135m [--tier laptop-8gb]
+    .venv/bin/python -m benchmarks.bench_vs_hand --workdir . --model smollm2-135m [--tier laptop-8gb]
 """
 
 from __future__ import annotations
@@ -13,11 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from workflow_scripts.llama_tools import parse_bench_json  # noqa: E402
+from workflow_scripts.llama_tools import parse_bench_json
 
 
 def main() -> None:
@@ -30,7 +28,7 @@ def main() -> None:
     stamp = json.loads((results / "toolchain" / "llama.cpp.json").read_text())
     settings_seen = None
     print(f"{'tier':18} {'file':34} {'test':4} {'workflow t/s':>14} {'hand t/s':>14} {'ratio':>6}")
-    for record_path in sorted((results / ns.model / "benchmark").glob("*/*.json")):
+    for record_path in sorted((results / ns.model / "speed").glob("*/*.json")):
         record = json.loads(record_path.read_text())
         if not record["measured"] or (ns.tier and record["tier"]["name"] != ns.tier):
             continue

@@ -2,23 +2,19 @@
 resume each time, and report: kills per stage, jobs redone, and whether the final files are the
 bytes of a clean run (tests/test_crash_resume.py does the same with 12 kill points).
 
-    .venv/bin/python benchmarks/crash_resume.py --work /tmp/crash [--per-stage 10] [--seed 1]
+    .venv/bin/python -m benchmarks.crash_resume --work /tmp/crash [--per-stage 10] [--seed 1]
 """
 
 from __future__ import annotations
 
 import argparse
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-from crash_points import STAGES, crash_and_resume, job_starts, tiny_config  # noqa: E402
-from tiny_model import make_tiny_llama  # noqa: E402
-from workflow_run import snakemake  # noqa: E402
+from tests.crash_points import STAGES, crash_and_resume, job_starts
+from tests.tiny_model import make_tiny_llama
+from tests.workflow_run import ROOT, scenario, snakemake
 
 
 def main() -> None:
@@ -31,9 +27,9 @@ def main() -> None:
     clean, work = ns.work / "clean", ns.work / "killed"
     for path in (clean, work):
         path.mkdir(parents=True, exist_ok=False)
-    clean_starts = job_starts(snakemake(clean, tiny_config(clean, model)).stderr)
+    clean_starts = job_starts(snakemake(clean, scenario("tiny", clean, model)).stderr)
     started = time.monotonic()
-    hits, starts = crash_and_resume(work, tiny_config(work, model), [s for s in STAGES for _ in range(ns.per_stage)],
+    hits, starts = crash_and_resume(work, scenario("tiny", work, model), [s for s in STAGES for _ in range(ns.per_stage)],
                                     ns.seed)
     same = (work / "results/tiny/SHA256SUMS").read_text() == (clean / "results/tiny/SHA256SUMS").read_text()
     check = subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=work / "results/tiny").returncode == 0

@@ -7,10 +7,18 @@ llama-bench (pp256, tg64) on both builds alternately (A B A B) to spread noise. 
 builds' tokens/s, the ratio, and whether the two builds' quants are byte-identical. It is a
 measurement, not a gate: it exits 0 unless something crashed.
 
-    python benchmarks/fp_contract_speed.py --src <llama.cpp tree> --work /tmp/fpc --threads 16
+    python -m benchmarks.fp_contract_speed --src <llama.cpp tree> --work /tmp/fpc --threads 16
 
 Without --model it writes a random-weight llama GGUF of SmolLM2-135M's shape (or --shape 1b);
 speed does not depend on the weight values.
+
+With --compare OLD NEW it builds nothing and measures two existing builds (directories with
+bin/llama-bench and bin/llama-quantize, e.g. two cached toolchain builds) the same way, OLD as
+the baseline: e.g. a build with upstream flags everywhere against one that compiles code off the
+hot path with lower optimisation (toolchain.COLD_CODE_O1). --src defaults to NEW's source tree.
+
+    python benchmarks/fp_contract_speed.py --compare ~/.cache/gguf-forge/llama.cpp/<old>/build \
+        /tmp/cache/llama.cpp/<new>/build --work /tmp/cmp --model reference-F16.gguf
 """
 
 from __future__ import annotations
@@ -106,9 +114,9 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def bench(bin_dir: Path, model: Path, threads: int) -> dict[str, tuple[float, float]]:
+def bench(bin_dir: Path, model: Path, threads: int, extra: list[str] = ()) -> dict[str, tuple[float, float]]:
     out = subprocess.run([str(bin_dir / "llama-bench"), "-m", str(model), "-p", "256", "-n", "64", "-r", "5",
-                          "-t", str(threads), "-o", "json"], check=True, capture_output=True, text=True).stdout
+                          "-t", str(threads), "-o", "json", *extra], check=True, capture_output=True, text=True).stdout
     results = {}
     for row in json.loads(out):
         test = f"pp{row['n_prompt']}" if row["n_prompt"] else f"tg{row['n_gen']}"
@@ -118,52 +126,74 @@ def bench(bin_dir: Path, model: Path, threads: int) -> dict[str, tuple[float, fl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--src", type=Path, required=True)
+    parser.add_argument("--src", type=Path, help="unpatched llama.cpp tree (default with --compare: NEW's)")
+    parser.add_argument("--compare", nargs=2, type=Path, metavar=("OLD", "NEW"),
+                        help="measure these two existing build directories instead of building")
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--jobs", type=int, default=os.cpu_count())
     parser.add_argument("--model", type=Path)
     parser.add_argument("--shape", choices=sorted(SHAPES), default="135m")
+    parser.add_argument("--quants", nargs="+", default=["Q4_K_M", "Q8_0"])
+    parser.add_argument("--bench-arg", action="append", default=[],
+                        help="extra llama-bench argument for both builds, e.g. --bench-arg=--repack --bench-arg=0")
     ns = parser.parse_args()
     ns.work.mkdir(parents=True, exist_ok=True)
-    if DETERMINISTIC_FP.text in (ns.src / DETERMINISTIC_FP.path).read_text():
-        raise SystemExit(f"{ns.src} is already patched; give the unpatched llama.cpp tree")
-    patched = ns.work / "src-patched"
-    shutil.rmtree(patched, ignore_errors=True)
-    shutil.copytree(ns.src, patched, symlinks=True)
-    apply_patches(patched, (DETERMINISTIC_FP,))
-    builds = {"with": ns.work / "build-with", "without": ns.work / "build-without"}
-    for name, src in (("with", patched), ("without", ns.src)):
-        seconds = build(src, builds[name], cmake_args("cpu", []), ns.jobs)
-        print(f"build {name:7s} -ffp-contract=off: {seconds:.0f} s ({ns.jobs} jobs)", flush=True)
+    if ns.compare:
+        old, new = (p.resolve() for p in ns.compare)
+        labels = ("old", "new")
+        builds = {"old": old, "new": new}
+        src = ns.src or new.parent / "src"
+        for name, path in builds.items():
+            print(f"{name}: {path}", flush=True)
+    else:
+        if ns.src is None:
+            parser.error("--src is required unless --compare is given")
+        src = ns.src
+        if DETERMINISTIC_FP.text in (src / DETERMINISTIC_FP.path).read_text():
+            raise SystemExit(f"{src} is already patched; give the unpatched llama.cpp tree")
+        patched = ns.work / "src-patched"
+        shutil.rmtree(patched, ignore_errors=True)
+        shutil.copytree(src, patched, symlinks=True)
+        apply_patches(patched, (DETERMINISTIC_FP,))
+        labels = ("without", "with")  # baseline first
+        builds = {"with": ns.work / "build-with", "without": ns.work / "build-without"}
+        for name, tree in (("with", patched), ("without", src)):
+            seconds = build(tree, builds[name], cmake_args("cpu", []), ns.jobs)
+            print(f"build {name:7s} -ffp-contract=off: {seconds:.0f} s ({ns.jobs} jobs)", flush=True)
+    base, other = labels
     model = ns.model
     if model is None:
         model = ns.work / f"random-{ns.shape}-F16.gguf"
-        random_llama_gguf(ns.src, model, SHAPES[ns.shape])
+        random_llama_gguf(src, model, SHAPES[ns.shape])
         print(f"model: random weights, {ns.shape} llama shape (speed does not depend on weight values)")
     quants = {}
-    for quant in ("Q4_K_M", "Q8_0"):
-        for name in builds:
+    for quant in ns.quants:
+        for name in labels:
             out = ns.work / f"{quant}-{name}.gguf"
             subprocess.run([str(builds[name] / "bin/llama-quantize"), "--allow-requantize", str(model), str(out),
                             quant, str(ns.threads)], check=True, capture_output=True)
             quants[(quant, name)] = out
-        same = sha256(quants[(quant, "with")]) == sha256(quants[(quant, "without")])
-        print(f"{quant}: quantized by both builds, byte-identical: {same}")
+        digests = {name: sha256(quants[(quant, name)]) for name in labels}
+        print(f"{quant}: quantized by both builds, byte-identical: {digests[base] == digests[other]} "
+              f"(sha256 {digests[base][:16]}, {digests[other][:16]})")
     rows = []
-    for quant in ("Q4_K_M", "Q8_0"):
-        runs = {"with": [], "without": []}
-        for name in ("without", "with", "without", "with"):
-            runs[name].append(bench(builds[name] / "bin", quants[(quant, "with")], ns.threads))
-        for test in runs["with"][0]:
+    for quant in ns.quants:
+        runs = {base: [], other: []}
+        for name in (base, other, base, other):
+            runs[name].append(bench(builds[name] / "bin", quants[(quant, other)], ns.threads, ns.bench_arg))
+        for test in runs[other][0]:
             mean = {n: sum(r[test][0] for r in runs[n]) / len(runs[n]) for n in runs}
-            rows.append((quant, test, mean["without"], mean["with"], mean["with"] / mean["without"]))
+            spread = {n: max(r[test][1] / r[test][0] for r in runs[n]) for n in runs}
+            rows.append((quant, test, mean[base], mean[other], mean[other] / mean[base], max(spread.values())))
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
                 if line.startswith("model name")), platform.machine())
-    print(f"\nhost: {cpu}, {os.cpu_count()} cores, llama-bench -t {ns.threads}, 2 x 5 repetitions per build")
-    print(f"{'quant':8s} {'test':6s} {'t/s without':>12s} {'t/s with':>10s} {'with/without':>13s}")
-    for quant, test, without, with_, ratio in rows:
-        print(f"{quant:8s} {test:6s} {without:12.1f} {with_:10.1f} {ratio:13.3f}")
+    print(f"\nhost: {cpu}, {os.cpu_count()} cores, llama-bench -t {ns.threads} {' '.join(ns.bench_arg)}".rstrip()
+          + ", 2 x 5 repetitions per build")
+    ratio = f"{other}/{base}"
+    print(f"{'quant':8s} {'test':6s} {'t/s ' + base:>12s} {'t/s ' + other:>10s} {ratio:>13s} {'max sd/mean':>12s}")
+    for quant, test, base_ts, other_ts, r, sd in rows:
+        print(f"{quant:8s} {test:6s} {base_ts:12.1f} {other_ts:10.1f} {r:13.3f} {sd:12.3f}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import sys
 from pathlib import Path
 
 from workflow_scripts.llama_tools import parse_bench_json
@@ -37,8 +36,7 @@ STAGES = (("imatrix", f"imatrix/{MODEL}.tsv"), ("reference perplexity", f"refere
 
 
 def make_model(dest: Path, layers: int, hidden: int) -> None:
-    sys.path.insert(0, str(ROOT / "tests"))
-    from tiny_model import make_tiny_llama
+    from tests.tiny_model import make_tiny_llama
 
     corpus = (ROOT / "config/data/calibration.txt").read_text() + (ROOT / "config/data/evaluation.txt").read_text()
     scale = hidden / SHAPE_1B["hidden_size"]
@@ -66,7 +64,7 @@ def targets(backend: str) -> list[str]:
     tier = TIERS[backend]["name"]
     return ([f"results/{MODEL}/imatrix/{MODEL}.imatrix.gguf"]
             + [f"results/{MODEL}/validate/{q}.json" for q in QUANTS]
-            + [f"results/{MODEL}/benchmark/{tier}/{name}.json" for name in (REFERENCE, *QUANTS)])
+            + [f"results/{MODEL}/speed/{tier}/{name}.json" for name in (REFERENCE, *QUANTS)])
 
 
 def stage_seconds(run: Path, tsv: str) -> float | None:
@@ -77,17 +75,17 @@ def stage_seconds(run: Path, tsv: str) -> float | None:
 
 
 def bench(run: Path, backend: str, name: str) -> dict | None:
-    path = run / f"results/{MODEL}/benchmark/{TIERS[backend]['name']}/{name}.json"
+    path = run / f"results/{MODEL}/speed/{TIERS[backend]['name']}/{name}.json"
     return json.loads(path.read_text()) if path.exists() else None
 
 
 def speed(run: Path, backend: str, name: str, record: dict | None) -> tuple[dict, bool]:
-    """llama-bench's figures for a file: from its benchmark record, else from llama-bench's own
+    """llama-bench's figures for a file: from its speed record, else from llama-bench's own
     output beside the job's log (written before the reference task, so it survives that task's
     failure); and whether they came from there."""
     if record and record.get("measured"):
         return record["llama_bench"], False
-    raw = run / f"results/logs/benchmark/{MODEL}-{TIERS[backend]['name']}-{name}.json"
+    raw = run / f"results/logs/speed/{MODEL}-{TIERS[backend]['name']}-{name}.json"
     try:
         return parse_bench_json(raw.read_text()), True
     except (OSError, ValueError):
@@ -124,7 +122,7 @@ def table(cpu: Path, cuda: Path, bandwidth: float) -> str:
             _fmt(vram.get("predicted_bytes") and vram["predicted_bytes"] / 1e6, ".0f"),
             _fmt(vram.get("measured_over_predicted"), ".2f")]) + " |")
     if raw_only:
-        lines += ["", "*: llama-bench's own output; the benchmark job failed afterwards, in its reference task."]
+        lines += ["", "*: llama-bench's own output; the speed job failed afterwards, in its reference task."]
     lines += ["", f"GPU: {', '.join(gpus) or 'none found'}; bandwidth figure: {bandwidth / 1e12:.2f} TB/s"
               + (" (H200 datasheet, nominal)" if bandwidth == H200_BANDWIDTH else "")
               + ". Weights are random: speed depends on shapes and types, not on values."]

@@ -7,7 +7,7 @@ runs made the same GGUF bytes (SHA256SUMS), how many times each tool ran per mod
 second Snakemake run with nothing stale takes. A measurement, not a gate: it exits 0 unless
 something crashed.
 
-    .venv/bin/python benchmarks/overhead.py --work /tmp/overhead [--cores 2]
+    .venv/bin/python -m benchmarks.overhead --work /tmp/overhead [--cores 2]
 
 Snakemake may run independent jobs side by side where the script runs them one after another, so
 a ratio below 1 is possible; run with --cores 1 for a strictly sequential comparison.

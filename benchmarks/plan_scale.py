@@ -9,7 +9,7 @@ precomputed table: no config checks, no params or resources, one-word shell comm
 floor. Prints both, the ratio and the job counts. A measurement, not a gate: it exits 0 unless
 something crashed.
 
-    .venv/bin/python benchmarks/plan_scale.py --work /tmp/scale [--models 100]
+    .venv/bin/python -m benchmarks.plan_scale --work /tmp/scale [--models 100]
 """
 
 from __future__ import annotations

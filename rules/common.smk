@@ -1,4 +1,4 @@
-# Config access, wildcard constraints and input functions shared by every stage.
+# The checked plan, wildcard constraints, and the small getters the rules read it through.
 import functools
 import inspect
 import json
@@ -6,21 +6,33 @@ import os
 import re
 import shlex
 import sys
-import types
 
 from snakemake.common import overwrite_function_params
 from snakemake.exceptions import IncompleteCheckpointException, WorkflowError
 
+from workflow_scripts import fallback
 from workflow_scripts.config import build_plan
 from workflow_scripts.errors import UserError
+from workflow_scripts.gguf_header import resolve_gguf_path
+from workflow_scripts.gpu import gpu_layers_option, offload_option
+from workflow_scripts.hf_dir import check_hf_dir
+
 
 # Jobs run `python -m workflow_scripts...` with the interpreter that runs Snakemake (the project's
 # environment), even when it was started as .venv/bin/snakemake without activating it.
-os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+envvars:
+    "PATH",
+
+
+os.environ["PATH"] = os.pathsep.join(
+    [os.path.dirname(sys.executable), os.environ.get("PATH", "")]
+)
 STAMP = "results/toolchain/llama.cpp.json"
 
 try:
-    PLAN = build_plan(config, source_name=" + ".join(map(str, workflow.configfiles)) or "config")
+    PLAN = build_plan(
+        config, source_name=" + ".join(map(str, workflow.configfiles)) or "config"
+    )
 except UserError as err:
     raise WorkflowError(f"invalid configuration: {err}") from None
 
@@ -46,36 +58,39 @@ def _models_with_source(*types):
     return _alternatives(n for n, m in MODELS.items() if m.source["type"] in types)
 
 
+# {build} is one llama-quantize output of a model: a quant type, a variant or a fallback try; the
+# speed rule also measures the reference under its type's name (its own constraint).
+BUILDS = {b for m in MODELS.values() for b in m.builds}
+
+
 wildcard_constraints:
     model=_alternatives(MODELS),
-    quant=_alternatives({q for m in MODELS.values() for q in m.builds}),
+    build=_alternatives(BUILDS),
     reftype="F16|BF16",
     tier=_alternatives(PLAN.tiers),
-    bench=_alternatives({q for m in MODELS.values() for q in m.builds} | {REFERENCE}),
 
 
 # The reference every quant is made from, as a pattern (plain strings keep planning cheap).
 REFERENCE_GGUF = f"results/{{model}}/reference/{{model}}-{REFERENCE}.gguf"
 
 
-def reference_gguf(wildcards):
-    return REFERENCE_GGUF.format(model=wildcards.model)
-
-
-def reference_inputs(wildcards):
-    gguf = reference_gguf(wildcards)
-    return {"gguf": gguf, "sha": f"{gguf}.sha256"}
+def source_files(model):
+    """The files a local or GGUF source consists of (a Hub source's are not known before it is
+    fetched): their change re-runs the source step, their size sizes the jobs."""
+    source = MODELS[model].source
+    if source["type"] == "gguf":
+        return [str(resolve_gguf_path(source))]
+    if source["type"] == "local":
+        return [
+            str(p)
+            for p in check_hf_dir(source["path"], source.get("allow_pickle", False))
+        ]
+    return []
 
 
 @per_job
 def source_inputs(wildcards):
-    """Files whose change must re-run the source step: the GGUF, or the local directory's files."""
-    from workflow_scripts.sources import resolve_gguf_path, check_hf_dir
-
-    source = MODELS[wildcards.model].source
-    if source["type"] == "gguf":
-        return [str(resolve_gguf_path(source))]
-    return [str(p) for p in check_hf_dir(source["path"], source.get("allow_pickle", False))]
+    return source_files(wildcards.model)
 
 
 @per_job
@@ -86,12 +101,14 @@ def source_json(wildcards):
 @per_job
 def parity_reference(wildcards):
     """What the converted tokenizer is compared with: the source GGUF's, or the HF tokenizer."""
-    from workflow_scripts.sources import resolve_gguf_path
-
     source = MODELS[wildcards.model].source
     if source["type"] == "gguf":
         return shlex.join(["--reference-gguf", str(resolve_gguf_path(source))])
-    hf_dir = source["path"] if source["type"] == "local" else f"results/{wildcards.model}/source/hf"
+    hf_dir = (
+        source["path"]
+        if source["type"] == "local"
+        else f"results/{wildcards.model}/source/hf"
+    )
     return shlex.join(["--hf-dir", hf_dir])
 
 
@@ -110,41 +127,64 @@ def imatrix_path(model):
     return f"results/{model}/imatrix/{model}.imatrix.gguf"
 
 
+def quant_path(model, build):
+    return f"results/{model}/quant/{model}-{build}.gguf"
+
+
 @per_job
 def build_imatrix(wildcards):
     """The model's imatrix for a build made with it, else nothing."""
-    return [imatrix_path(wildcards.model)] if MODELS[wildcards.model].builds[wildcards.quant].imatrix else []
+    return (
+        [imatrix_path(wildcards.model)]
+        if MODELS[wildcards.model].builds[wildcards.build].imatrix
+        else []
+    )
 
 
-def quantize_argv(model, build_name):
-    """llama-quantize's arguments for a build (``{out}`` stands for the output): the build's
-    overrides, the imatrix by its stable relative path, the reference, the type. The quantize job
-    runs them and the package records them."""
-    build = MODELS[model].builds[build_name]
-    args = list(build.args)
-    if build.imatrix:
-        args += ["--imatrix", imatrix_path(model)]
-    return args + [f"results/{model}/reference/{model}-{REFERENCE}.gguf", "{out}", build.type]
+def quantize_argv(model, build):
+    """llama-quantize's arguments for one build of a model (``{out}`` stands for the output)."""
+    return (
+        MODELS[model]
+        .builds[build]
+        .quantize_argv(REFERENCE_GGUF.format(model=model), imatrix_path(model))
+    )
 
 
 @per_job
-def quantize_params(wildcards, input):
-    """Everything a quantize job's command needs, from one call (planning costs per call): the
-    type, llama-quantize's arguments, the recipe the census checks, the --verify options."""
-    build = MODELS[wildcards.model].builds[wildcards.quant]
-    return types.SimpleNamespace(
-        type=build.type,
-        args=shlex.join(quantize_argv(wildcards.model, wildcards.quant)),
-        recipe=shlex.join(build.recipe),
-        verify=" ".join(f"--verify {path}" for path in [input.gguf, *input.imatrix]) if PLAN.verify_inputs else "",
+def quantize_build(wildcards):
+    """What the quantize job makes: the type, the recipe the census checks, llama-quantize's arguments."""
+    build = MODELS[wildcards.model].builds[wildcards.build]
+    return json.dumps(
+        {
+            "type": build.type,
+            "recipe": list(build.recipe),
+            "argv": quantize_argv(wildcards.model, wildcards.build),
+        }
     )
 
 
 def verify_options(*keys):
-    """``--verify`` options for the named inputs, written into a rule's shell command at parse
-    time (no per-job function: planning a large sweep pays per call), or nothing when
-    verify_inputs is switched off."""
-    return " ".join(f"--verify {{input.{key}}}" for key in keys) if PLAN.verify_inputs else ""
+    """A params function: ``--verify`` options for the named inputs (their .sha256 sidecars are
+    checked before a job reads them), or nothing when verify_inputs is switched off."""
+
+    @per_job
+    def options(wildcards, input):
+        if not PLAN.verify_inputs:
+            return ""
+        paths = [
+            path
+            for key in keys
+            for path in ([input[key]] if isinstance(input[key], str) else input[key])
+        ]
+        return shlex.join(arg for path in paths for arg in ("--verify", path))
+
+    return options
+
+
+# With a CUDA toolchain the stages that can run on the GPU get -ngl (tools run by the rule) or
+# --gpu-layers (tools run by a script); a CPU toolchain's command lines stay as they are.
+OFFLOAD = offload_option(PLAN.toolchain)
+GPU_LAYERS = gpu_layers_option(PLAN.toolchain)
 
 
 @per_job
@@ -152,27 +192,27 @@ def model_imatrix(wildcards):
     return [imatrix_path(wildcards.model)] if MODELS[wildcards.model].imatrix else []
 
 
-def attempts(model):
-    """Builds tried for each requested quant of ``model``, in order: the quant, then its remedies
-    while the build before failed; and the verdicts still to be made before more is known.
-
-    Verdicts are a checkpoint: Snakemake re-evaluates the callers once they exist. Every chain is
-    followed as far as it is known, so the verdicts of all quants are requested at once.
+def fallback_chain(model):
+    """The fallback chain of a model's quants as far as the verdicts made so far tell (see
+    workflow_scripts/fallback.py): the builds tried per quant, what ships, and the verdicts still
+    to be made. Verdicts are a checkpoint: Snakemake re-evaluates the callers once they exist, and
+    every chain is followed as far as it is known, so the verdicts of all quants are asked at once.
     """
-    tried, pending = {}, []
-    for quant in MODELS[model].quants:
-        tried[quant] = [quant]
-        for remedy in MODELS[model].remedies[quant]:
-            try:
-                path = checkpoints.verdict.get(model=model, quant=tried[quant][-1]).output[0]
-            except IncompleteCheckpointException as missing:
+    plan, pending = MODELS[model], []
+
+    def verdict_of(build):
+        try:
+            path = checkpoints.verdict.get(model=model, build=build).output[0]
+        except IncompleteCheckpointException as missing:
+            if all(missing.targetfile != known.targetfile for known in pending):
                 pending.append(missing)
-                break
-            with open(path) as handle:
-                if json.load(handle)["verdict"] == "passed":
-                    break
-            tried[quant].append(remedy)
-    return tried, pending
+            return None
+        with open(path) as handle:
+            return json.load(handle)["verdict"]
+
+    tried = fallback.tries(plan.remedies, verdict_of)
+    ships = fallback.ships(tried, verdict_of)
+    return tried, ships, pending
 
 
 def _with_pending(paths, pending):
@@ -184,63 +224,55 @@ def _with_pending(paths, pending):
 def model_quants(wildcards):
     """Every GGUF built for the model, fallback builds included."""
     m = wildcards.model
-    tried, pending = attempts(m)
-    return _with_pending([f"results/{m}/quant/{m}-{b}.gguf" for builds in tried.values() for b in builds], pending)
+    tried, _, pending = fallback_chain(m)
+    return _with_pending(
+        [quant_path(m, b) for builds in tried.values() for b in builds], pending
+    )
 
 
 @per_job
 def model_verdicts(wildcards):
     m = wildcards.model
-    tried, pending = attempts(m)
+    tried, _, pending = fallback_chain(m)
     waiting = {str(missing.targetfile) for missing in pending}
-    paths = [f"results/{m}/validate/{b}.verdict.json" for builds in tried.values() for b in builds]
+    paths = [
+        f"results/{m}/validate/{b}.verdict.json"
+        for builds in tried.values()
+        for b in builds
+    ]
     return _with_pending([p for p in paths if p not in waiting], pending)
 
 
-def quality_ships(model):
-    """Per requested quant, the build that passed its quality gate (or None), and the verdicts
-    still to be made."""
-    tried, pending = attempts(model)
-    ships = {}
-    for quant, builds in tried.items():
-        try:
-            path = checkpoints.verdict.get(model=model, quant=builds[-1]).output[0]
-        except IncompleteCheckpointException as missing:
-            pending.append(missing)
-            continue
-        with open(path) as handle:
-            ships[quant] = builds[-1] if json.load(handle)["verdict"] == "passed" else None
-    return ships, pending
-
-
 @per_job
-def model_benchmarks(wildcards):
+def model_speeds(wildcards):
     """Every tier's figures for each build that passed its quality gate, and for the reference."""
     m = wildcards.model
-    ships, pending = quality_ships(m)
+    _, ships, pending = fallback_chain(m)
     names = [REFERENCE] + [b for b in ships.values() if b]
-    return _with_pending([f"results/{m}/benchmark/{t}/{b}.json" for t in PLAN.tiers for b in names], pending)
+    return _with_pending(
+        [f"results/{m}/speed/{t}/{b}.json" for t in PLAN.tiers for b in names], pending
+    )
 
 
 @per_job
-def bench_gguf(wildcards):
-    m, name = wildcards.model, wildcards.bench
-    if name == REFERENCE:
-        return reference_inputs(wildcards)
-    gguf = f"results/{m}/quant/{m}-{name}.gguf"
+def speed_gguf(wildcards):
+    m, name = wildcards.model, wildcards.build
+    gguf = REFERENCE_GGUF.format(model=m) if name == REFERENCE else quant_path(m, name)
     return {"gguf": gguf, "sha": f"{gguf}.sha256"}
 
 
 @per_job
-def bench_tier(wildcards):
+def speed_tier(wildcards):
     """What of a tier changes a measurement (memory size, budget and priority are judged later)."""
     tier = PLAN.tiers[wildcards.tier]
-    return json.dumps({k: tier[k] for k in ("name", "threads", "gpu_layers", "ctx")}, sort_keys=True)
+    return json.dumps(
+        {k: tier[k] for k in ("name", "threads", "gpu_layers", "ctx")}, sort_keys=True
+    )
 
 
 @per_job
 def attempts_json(wildcards):
-    tried, pending = attempts(wildcards.model)
+    tried, _, pending = fallback_chain(wildcards.model)
     if pending:
         raise pending[0]
     return json.dumps(tried)
@@ -250,11 +282,19 @@ def attempts_json(wildcards):
 def build_json(wildcards):
     """What the verdict records of a build: type, imatrix, recipe, the quant it stands for, its gate."""
     plan = MODELS[wildcards.model]
-    build = plan.builds[wildcards.quant]
-    requested = next(q for q in plan.quants if wildcards.quant == q or wildcards.quant in plan.remedies[q])
-    return json.dumps({"type": build.type, "imatrix": build.imatrix, "recipe": list(build.recipe),
-                       "requested_as": requested, "remedy": wildcards.quant != requested,
-                       "gate": plan.gates[wildcards.quant]}, sort_keys=True)
+    build = plan.builds[wildcards.build]
+    requested = fallback.requested_as(plan.remedies, wildcards.build)
+    return json.dumps(
+        {
+            "type": build.type,
+            "imatrix": build.imatrix,
+            "recipe": list(build.recipe),
+            "requested_as": requested,
+            "remedy": wildcards.build != requested,
+            "gate": plan.gates[wildcards.build],
+        },
+        sort_keys=True,
+    )
 
 
 def logits_output(path):
@@ -262,13 +302,12 @@ def logits_output(path):
     return path if PLAN.evaluation["keep_reference_logits"] else temp(path)
 
 
-def evaluation_params():
-    ev = PLAN.evaluation
-    return f"-c {ev['ctx']} --chunks {ev['chunks']}"
-
-
-def sanity_settings():
-    return json.dumps(config["sanity"], sort_keys=True)
+SANITY = json.dumps(config["sanity"], sort_keys=True)
+# What a speed job measures with; how speeds are judged (tie_floor_pct) is the speed report's, so
+# changing it re-judges without measuring again.
+SPEED_SETTINGS = json.dumps(
+    {k: v for k, v in PLAN.benchmark.items() if k != "tie_floor_pct"}, sort_keys=True
+)
 
 
 @per_job
@@ -276,16 +315,32 @@ def package_settings(wildcards):
     """What the package records of a model's plan: commands per build, inputs, card fields."""
     m = wildcards.model
     plan, model = MODELS[m], MODEL_CONFIG[m]
-    return json.dumps({
-        "model": m, "base_model": model.get("base_model"), "license": model.get("license"), "note": model.get("note"),
-        "reference_type": REFERENCE, "reference_path": reference_gguf(wildcards),
-        "imatrix_path": imatrix_path(m) if plan.imatrix else None,
-        "calibration": {k: plan.calibration[k] for k in ("chunks", "ctx")} if plan.imatrix else None,
-        "evaluation": {k: PLAN.evaluation[k] for k in ("chunks", "ctx")},
-        "commands": {b: ["llama-quantize", *quantize_argv(m, b)] for b in plan.builds},
-        "toolchain": {k: PLAN.toolchain[k] for k in ("llama_cpp_python_version", "backend", "cmake_args")},
-        "split_max_mb": PLAN.package["split_max_mb"],
-    }, sort_keys=True)
+    return json.dumps(
+        {
+            "model": m,
+            "base_model": model.get("base_model"),
+            "license": model.get("license"),
+            "note": model.get("note"),
+            "reference_type": REFERENCE,
+            "reference_path": REFERENCE_GGUF.format(model=m),
+            "imatrix_path": imatrix_path(m) if plan.imatrix else None,
+            "calibration": (
+                {k: plan.calibration[k] for k in ("chunks", "ctx")}
+                if plan.imatrix
+                else None
+            ),
+            "evaluation": {k: PLAN.evaluation[k] for k in ("chunks", "ctx")},
+            "commands": {
+                b: ["llama-quantize", *quantize_argv(m, b)] for b in plan.builds
+            },
+            "toolchain": {
+                k: PLAN.toolchain[k]
+                for k in ("llama_cpp_python_version", "backend", "cmake_args")
+            },
+            "split_max_mb": PLAN.package["split_max_mb"],
+        },
+        sort_keys=True,
+    )
 
 
 @per_job
@@ -296,6 +351,15 @@ def package_texts(wildcards):
     return texts
 
 
+@per_job
+def calibration_option(wildcards, input):
+    return (
+        f"--calibration {shlex.quote(input.calibration)}"
+        if "calibration" in input.keys()
+        else ""
+    )
+
+
 def get_final_output():
     outputs = ["results/quality.csv", "results/summary/summary.csv"]
     for name, plan in MODELS.items():
@@ -304,47 +368,6 @@ def get_final_output():
         outputs.append(f"results/{name}/validation_report.json")
         outputs += [f"results/{name}/quant/{name}-{q}.census.json" for q in plan.quants]
     return outputs
-
-
-@functools.cache
-def reference_mb(model):
-    """Size of the model's reference in MB, estimated from its source before anything is made
-    (one stat per model): a quantized GGUF source grows about 4x when dequantized to F16, an
-    HF checkpoint keeps its size; a Hub source is not known before it is fetched (0)."""
-    from workflow_scripts.sources import resolve_gguf_path, check_hf_dir
-
-    source = MODELS[model].source
-    if source["type"] == "gguf":
-        return 4 * os.path.getsize(resolve_gguf_path(source)) / 1e6
-    if source["type"] == "local":
-        return sum(os.path.getsize(p) for p in check_hf_dir(source["path"], source.get("allow_pickle", False))) / 1e6
-    return 0
-
-
-def mem_mb(factor, floor=1000):
-    """A resources function: memory for a job as a multiple of the model's reference size
-    (what SLURM jobs are sized from), at least ``floor`` MB."""
-
-    @per_job
-    def from_model(wildcards):
-        return max(floor, int(factor * reference_mb(wildcards.model)))
-
-    return from_model
-
-
-def tier_resource(key, default=""):
-    """A resources function: a benchmark job asks the cluster for its tier's hardware."""
-
-    @per_job
-    def resource(wildcards):
-        tier = PLAN.tiers[wildcards.tier]
-        if key == "mem_mb":
-            return int(tier["ram_gb"] * 1000)
-        if key == "gpu":  # the SLURM plugin's own GPU request (--gpus); 0 asks for none
-            return tier["resources"].get("gpus", 1 if tier["gpu_layers"] else 0)
-        return tier["resources"].get(key, default)
-
-    return resource
 
 
 def toolchain_args():

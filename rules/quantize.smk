@@ -1,5 +1,6 @@
-# One llama-quantize per model × build (a quant type, a variant, or a fallback try), then the
-# recipe check (the output's tensor types against what was asked), and the per-model SHA256SUMS.
+# One quantize job per model × build (a quant type, a variant, or a fallback try): the recipe
+# checked, llama-quantize, the recipe check of the output (workflow_scripts/quantize.py); then the
+# per-model SHA256SUMS.
 
 
 rule quantize:
@@ -10,27 +11,24 @@ rule quantize:
         parity="results/{model}/checks/tokenizer_parity.json",
         imatrix=build_imatrix,
     output:
-        gguf="results/{model}/quant/{model}-{quant}.gguf",
-        sha="results/{model}/quant/{model}-{quant}.gguf.sha256",
-        census="results/{model}/quant/{model}-{quant}.census.json",
+        gguf="results/{model}/quant/{model}-{build}.gguf",
+        sha="results/{model}/quant/{model}-{build}.gguf.sha256",
+        census="results/{model}/quant/{model}-{build}.census.json",
     log:
-        "results/logs/quantize/{model}-{quant}.log",
+        "results/logs/quantize/{model}-{build}.log",
     benchmark:
-        "results/benchmarks/quantize/{model}-{quant}.tsv"
-    params:
-        q=quantize_params,
+        "results/benchmarks/quantize/{model}-{build}.tsv"
     threads: 8
     resources:
         mem_mb=mem_mb(1.5),
         runtime=120,
+    params:
+        build=quantize_build,
+        verify=verify_options("gguf", "imatrix"),
     shell:
-        "python -m workflow_scripts.gguf_census --preflight {input.gguf} --quant {params.q.type}"
-        " {params.q.recipe} > {log}"
-        " && python -m workflow_scripts.tool_step --stamp {input.stamp} --output {output.gguf}"
-        " --log {log} {params.q.verify} --"
-        " llama-quantize {params.q.args} {threads}"
-        " && python -m workflow_scripts.gguf_census --gguf {output.gguf} --quant {params.q.type}"
-        " {params.q.recipe} --quantize-log {log} --out {output.census} >> {log} 2>&1"
+        "python -m workflow_scripts.quantize --stamp {input.stamp} --reference {input.gguf}"
+        " --build-json {params.build:q} --threads {threads} {params.verify} --out {output.gguf}"
+        " --census {output.census} --log {log}"
 
 
 rule sha256sums:
@@ -46,5 +44,4 @@ rule sha256sums:
     benchmark:
         "results/benchmarks/sha256sums/{model}.tsv"
     shell:
-        "python -m workflow_scripts.checksums {input.gguf} {input.imatrix} {input.quants}"
-        " --out {output} > {log} 2>&1"
+        "python -m workflow_scripts.checksums {input.gguf} {input.imatrix} {input.quants} --out {output} > {log} 2>&1"

@@ -10,10 +10,10 @@ rule source_local:
         "results/logs/source/{model}.log",
     benchmark:
         "results/benchmarks/source/{model}.tsv"
-    params:
-        source=source_json,
     wildcard_constraints:
         model=_models_with_source("local", "gguf"),
+    params:
+        source=source_json,
     shell:
         "python -m workflow_scripts.sources manifest --source-json {params.source:q}"
         " --out {output.manifest} > {log} 2>&1"
@@ -27,10 +27,10 @@ rule source_hub:
         "results/logs/source/{model}.log",
     benchmark:
         "results/benchmarks/source/{model}.tsv"
-    params:
-        source=source_json,
     wildcard_constraints:
         model=_models_with_source("hf"),
+    params:
+        source=source_json,
     shell:
         "python -m workflow_scripts.sources manifest --source-json {params.source:q}"
         " --dest {output.snapshot} --out {output.manifest} > {log} 2>&1"

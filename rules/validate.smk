@@ -17,41 +17,44 @@ rule reference_logits:
         "results/logs/reference_logits/{model}.log",
     benchmark:
         "results/benchmarks/reference_logits/{model}.tsv"
-    params:
-        evaluation=evaluation_params(),
     threads: 8
     resources:
         mem_mb=mem_mb(1.5, 2000),
         runtime=240,
+    params:
+        ctx=PLAN.evaluation["ctx"],
+        chunks=PLAN.evaluation["chunks"],
+        verify=verify_options("gguf"),
+        gpu_layers=GPU_LAYERS,
     shell:
-        "python -m workflow_scripts.tool_step --stamp {input.stamp} --output {output.logits}"
-        " --log {log} " + verify_options("gguf") + " --"
-        " llama-perplexity -m {input.gguf} -f {input.text} {params.evaluation} -t {threads}"
-        + offload_option(PLAN.toolchain) +
-        " --kl-divergence-base {{out}}"
-        " && python -m workflow_scripts.validate reference --log {log} --out {output.reference}"
+        "python -m workflow_scripts.validate reference --stamp {input.stamp} --gguf {input.gguf} --text {input.text}"
+        " --ctx {params.ctx} --chunks {params.chunks} --threads {threads} {params.gpu_layers} {params.verify}"
+        " --logits {output.logits} --log {log} --out {output.reference}"
 
 
 rule validate_quant:
     input:
         stamp=STAMP,
-        gguf="results/{model}/quant/{model}-{quant}.gguf",
-        census="results/{model}/quant/{model}-{quant}.census.json",
+        gguf="results/{model}/quant/{model}-{build}.gguf",
+        census="results/{model}/quant/{model}-{build}.census.json",
         logits="results/{model}/validate/{model}-reference.logits",
     output:
-        "results/{model}/validate/{quant}.json",
+        "results/{model}/validate/{build}.json",
     log:
-        "results/logs/validate/{model}-{quant}.log",
+        "results/logs/validate/{model}-{build}.log",
     benchmark:
-        "results/benchmarks/validate/{model}-{quant}.tsv"
+        "results/benchmarks/validate/{model}-{build}.tsv"
     threads: 8
     resources:
         mem_mb=mem_mb(1.2, 2000),
         runtime=120,
+    params:
+        verify=verify_options("gguf", "logits"),
+        gpu_layers=GPU_LAYERS,
     shell:
-        "python -m workflow_scripts.validate quant --name {wildcards.quant} --stamp {input.stamp} --gguf {input.gguf}"
-        " --logits {input.logits} --census {input.census} " + verify_options("gguf", "logits") + " --threads {threads}"
-        + gpu_layers_option(PLAN.toolchain) + " --log {log} --out {output}"
+        "python -m workflow_scripts.validate quant --name {wildcards.build} --stamp {input.stamp} --gguf {input.gguf}"
+        " --logits {input.logits} --census {input.census} {params.verify} --threads {threads} {params.gpu_layers}"
+        " --log {log} --out {output}"
 
 
 rule sanity_reference:
@@ -65,67 +68,72 @@ rule sanity_reference:
         "results/logs/sanity/{model}-reference.log",
     benchmark:
         "results/benchmarks/sanity/{model}-reference.tsv"
-    params:
-        settings=sanity_settings(),
     threads: 4
+    params:
+        settings=SANITY,
+        verify=verify_options("gguf"),
     shell:
-        "python -m workflow_scripts.sanity --stamp {input.stamp} --gguf {input.gguf} " + verify_options("gguf") +
+        "python -m workflow_scripts.sanity --stamp {input.stamp} --gguf {input.gguf} {params.verify}"
         " --settings-json {params.settings:q} --threads {threads} --out {output} > {log} 2>&1"
 
 
 rule sanity_quant:
     input:
         stamp=STAMP,
-        gguf="results/{model}/quant/{model}-{quant}.gguf",
+        gguf="results/{model}/quant/{model}-{build}.gguf",
         reference="results/{model}/validate/reference.sanity.json",
     output:
-        "results/{model}/validate/{quant}.sanity.json",
+        "results/{model}/validate/{build}.sanity.json",
     log:
-        "results/logs/sanity/{model}-{quant}.log",
+        "results/logs/sanity/{model}-{build}.log",
     benchmark:
-        "results/benchmarks/sanity/{model}-{quant}.tsv"
-    params:
-        settings=sanity_settings(),
+        "results/benchmarks/sanity/{model}-{build}.tsv"
     threads: 4
+    params:
+        settings=SANITY,
+        verify=verify_options("gguf"),
     shell:
-        "python -m workflow_scripts.sanity --stamp {input.stamp} --gguf {input.gguf} " + verify_options("gguf") + " --reference {input.reference}"
-        " --settings-json {params.settings:q} --threads {threads} --out {output} > {log} 2>&1"
+        "python -m workflow_scripts.sanity --stamp {input.stamp} --gguf {input.gguf} {params.verify}"
+        " --reference {input.reference} --settings-json {params.settings:q} --threads {threads} --out {output}"
+        " > {log} 2>&1"
 
 
 rule tensor_error:
     input:
         gguf=REFERENCE_GGUF,
         sha=f"{REFERENCE_GGUF}.sha256",
-        quant="results/{model}/quant/{model}-{quant}.gguf",
+        quant="results/{model}/quant/{model}-{build}.gguf",
     output:
-        "results/{model}/validate/{quant}.tensors.json",
+        "results/{model}/validate/{build}.tensors.json",
     log:
-        "results/logs/tensor_error/{model}-{quant}.log",
+        "results/logs/tensor_error/{model}-{build}.log",
     benchmark:
-        "results/benchmarks/tensor_error/{model}-{quant}.tsv"
+        "results/benchmarks/tensor_error/{model}-{build}.tsv"
     resources:
         mem_mb=mem_mb(1.0, 1000),
         runtime=60,
+    params:
+        verify=verify_options("quant", "gguf"),
     shell:
-        "python -m workflow_scripts.tensor_error --gguf {input.quant} --reference {input.gguf} " + verify_options("quant", "gguf") +
+        "python -m workflow_scripts.tensor_error --gguf {input.quant} --reference {input.gguf} {params.verify}"
         " --worst 10 --out {output} > {log} 2>&1"
 
 
-# A checkpoint: whether a build passed decides whether its next remedy is built (see attempts()).
+# A checkpoint: whether a build passed decides whether its next remedy is built (see fallback_chain()).
 checkpoint verdict:
     input:
-        metrics="results/{model}/validate/{quant}.json",
-        sanity="results/{model}/validate/{quant}.sanity.json",
-        tensors="results/{model}/validate/{quant}.tensors.json",
+        metrics="results/{model}/validate/{build}.json",
+        sanity="results/{model}/validate/{build}.sanity.json",
+        tensors="results/{model}/validate/{build}.tensors.json",
     output:
-        "results/{model}/validate/{quant}.verdict.json",
+        "results/{model}/validate/{build}.verdict.json",
     log:
-        "results/logs/verdict/{model}-{quant}.log",
+        "results/logs/verdict/{model}-{build}.log",
     params:
         build=build_json,
     shell:
-        "python -m workflow_scripts.validate verdict --metrics {input.metrics} --sanity {input.sanity} --tensors {input.tensors}"
-        " --build-json {params.build:q} --out {output} > {log} 2>&1"
+        "python -m workflow_scripts.validate verdict --metrics {input.metrics} --sanity {input.sanity}"
+        " --tensors {input.tensors} --build-json {params.build:q} --out {output} > {log} 2>&1"
 
 
 rule validation_report:

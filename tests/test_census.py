@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from workflow_scripts.errors import UserError
-from workflow_scripts.gguf_census import Recipe, census, expected_base_type, preflight
+from workflow_scripts.gguf_census import Recipe, census, preflight
 from workflow_scripts.llama_tools import parse_quantize_fallbacks, parse_quantize_overrides, parse_quantize_tensors
 
 FIXTURES = Path(__file__).parent / "fixtures" / "quantize"
@@ -35,13 +35,6 @@ def test_parse_fallbacks_with_their_reason():
 def test_parse_manual_overrides():
     overrides = parse_quantize_overrides((FIXTURES / "tiny-Q4_K_M-overrides.log").read_text())
     assert overrides == {"blk.0.attn_v.weight": "Q8_0", "blk.1.attn_v.weight": "Q8_0", "blk.1.ffn_down.weight": "Q5_0"}
-
-
-def test_base_types_follow_llama_cpp():
-    assert [expected_base_type(q) for q in ("Q4_K_M", "Q3_K_M", "IQ2_M", "IQ3_XS", "Q8_0")] == [
-        "Q4_K", "Q3_K", "IQ2_S", "IQ3_S", "Q8_0"]
-    with pytest.raises(UserError):
-        expected_base_type("Q9")
 
 
 def test_override_precedence_follows_llama_cpp():

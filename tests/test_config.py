@@ -4,7 +4,7 @@ import copy
 
 import pytest
 
-from stub_sources import EMPTY_GGUF, write_hf_dir
+from tests.stub_sources import EMPTY_GGUF, write_hf_dir
 from workflow_scripts.config import build_plan, quantize_args
 from workflow_scripts.errors import UserError
 

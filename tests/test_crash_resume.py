@@ -1,7 +1,8 @@
 """SIGKILL the workflow (Snakemake and every process under it) in the middle of convert, imatrix,
-quantize and validate, three times each; each time resume. The final files must be the bytes a
-clean run makes, no cut-off file may ever pass for a finished one, and a resumed run redoes at
-most the jobs that were running when it was killed."""
+quantize and validate, three times each; each time resume. The final files must be the bytes of
+the shared tiny run — made in another directory, so this is also the check that a second checkout
+makes the same bytes — no cut-off file may ever pass for a finished one, and a resumed run redoes
+at most the jobs that were running when it was killed."""
 
 from __future__ import annotations
 
@@ -9,24 +10,23 @@ import subprocess
 
 import pytest
 
-from crash_points import CORES, STAGES, crash_and_resume, job_starts, tiny_config
-from workflow_run import snakemake
+from tests.crash_points import CORES, STAGES, crash_and_resume, job_starts
+from tests.workflow_run import scenario
 
-pytestmark = pytest.mark.toolchain
+pytestmark = [pytest.mark.toolchain, pytest.mark.slow]
 
 
-def test_killed_runs_resume_to_the_clean_bytes(tiny_hf, toolchain_root, tmp_path):
-    clean = tmp_path / "clean"
-    clean.mkdir()
-    clean_starts = job_starts(snakemake(clean, tiny_config(clean, tiny_hf)).stderr)
-    work = tmp_path / "killed"
-    work.mkdir()
+def test_killed_runs_resume_to_the_clean_bytes(tiny_run, tiny_hf, tmp_path):
+    clean_starts = job_starts(tiny_run.proc.stderr)
+    work = tmp_path / "elsewhere" / "deeper"
+    work.mkdir(parents=True)
+    config = scenario("tiny", work, tiny_hf)
 
-    hits, starts = crash_and_resume(work, tiny_config(work, tiny_hf), [s for s in STAGES for _ in range(3)], 20261203)
+    hits, starts = crash_and_resume(work, config, [s for s in STAGES for _ in range(3)], 20261203)
 
     kills = sum(hits.values())
     assert kills >= 10 and set(hits) == set(STAGES), f"kills per stage: {dict(hits)}"
-    assert (work / "results/tiny/SHA256SUMS").read_text() == (clean / "results/tiny/SHA256SUMS").read_text()
+    assert (work / "results/tiny/SHA256SUMS").read_text() == tiny_run.sha256sums
     check = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=work / "results/tiny", capture_output=True, text=True)
     assert check.returncode == 0, check.stdout
     assert not list((work / "results").rglob("*.partial"))

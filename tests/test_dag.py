@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dag import planned_jobs, planned_resources
-from stub_sources import EMPTY_GGUF, write_hf_dir
+from tests.dag import planned_jobs, planned_resources
+from tests.stub_sources import EMPTY_GGUF, write_hf_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,7 +38,7 @@ def test_two_models_three_quants_share_one_convert_and_one_imatrix_per_model(tmp
     assert jobs["reference_logits"] == 2 and jobs["validate_quant"] == 6
     assert jobs["validation_report"] == 2 and jobs["quality_table"] == 1
     assert jobs["sanity_reference"] == 2 and jobs["sanity_quant"] == 6 and jobs["verdict"] == 6
-    assert jobs["tensor_error"] == 6 and jobs["benchmark"] == 2 * 3  # the references on the 3 default tiers
+    assert jobs["tensor_error"] == 6 and jobs["speed"] == 2 * 3  # the references on the 3 default tiers
 
 
 def test_adding_a_quant_adds_exactly_one_quantize_job(tmp_path):
@@ -71,7 +71,7 @@ def test_bad_config_fails_before_any_job_with_the_field_named(tmp_path, change, 
     assert not (tmp_path / "results").exists()
 
 
-def test_benchmark_jobs_ask_slurm_for_their_tier(tmp_path):
+def test_speed_jobs_ask_slurm_for_their_tier(tmp_path):
     """Memory, partition, node constraint and GPUs through the SLURM plugin's own resources (it
     refuses --gres or --constraint inside slurm_extra), and a node to itself."""
     from types import SimpleNamespace
@@ -86,7 +86,7 @@ def test_benchmark_jobs_ask_slurm_for_their_tier(tmp_path):
     ]
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
-    jobs = planned_resources(tmp_path, path, "benchmark", tuple(f"results/a/benchmark/{t}/F16.json"
+    jobs = planned_resources(tmp_path, path, "speed", tuple(f"results/a/speed/{t}/F16.json"
                                                                for t in ("cpu-a", "cpu-b", "gpu-a")))
     by_tier = {job["tier"]: job for job in jobs}
     assert by_tier["cpu-a"]["constraint"] == "avx512" and by_tier["cpu-a"]["slurm_partition"] == "fast"

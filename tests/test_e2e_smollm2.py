@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dag import planned_jobs
+from tests.dag import planned_jobs
 from workflow_scripts.checksums import sha256_file
-from workflow_run import ROOT, snakemake, write_config
+from tests.workflow_run import CALIBRATION, scenario, snakemake
 
 pytestmark = [pytest.mark.toolchain, pytest.mark.real_model]
 
@@ -21,7 +21,6 @@ QUANTS = ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "IQ4_XS", "Q3_K_M")
 # The demo's IQ4_XS misses its gate and the default remedy (sensitive tensors raised) is built.
 REMEDY = "IQ4_XS-sensitive"
 BASE = {"Q8_0": "Q8_0", "Q6_K": "Q6_K", "Q5_K_M": "Q5_K", "Q4_K_M": "Q4_K", "IQ4_XS": "IQ4_XS", "Q3_K_M": "Q3_K"}
-CALIBRATION = ROOT / "config" / "data" / "calibration.txt"
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +104,7 @@ def test_each_expensive_step_runs_once_per_model(demo):
     jobs = {stage.name: len(list(stage.glob("*.tsv"))) for stage in (workdir / "results" / "benchmarks").iterdir()}
     assert jobs["convert"] == jobs["imatrix"] == jobs["reference_logits"] == 1
     assert jobs["quantize"] == jobs["validate"] == jobs["tensor_error"] == len(QUANTS) + 1  # + the IQ4_XS retry
-    assert jobs["benchmark"] == 3 * len(QUANTS) + 3  # shipped builds and the reference, on three tiers
+    assert jobs["speed"] == 3 * len(QUANTS) + 3  # shipped builds and the reference, on three tiers
 
 
 def test_second_run_does_nothing(demo):
@@ -206,7 +205,7 @@ def test_shipped_builds_are_benchmarked_per_tier_and_recommended(demo):
     shipped = {b for b in speed["ships"].values() if b}
     assert set(speed["builds"]) == shipped and "IQ4_XS" not in speed["builds"]
     assert set(speed["recommendations"]) == {"laptop-8gb", "workstation-32gb", "gpu-24gb"}
-    gpu = json.loads((workdir / "results" / MODEL / "benchmark" / "gpu-24gb" / "Q8_0.json").read_text())
+    gpu = json.loads((workdir / "results" / MODEL / "speed" / "gpu-24gb" / "Q8_0.json").read_text())
     assert gpu["measured"] is False and gpu["reason"] == "GPU tier, and this host has no NVIDIA GPU"
     assert not speed["recommendations"]["gpu-24gb"]["measured"] and "tg_tps" not in speed["builds"]["Q8_0"]["tiers"]["gpu-24gb"]
     for tier in ("laptop-8gb", "workstation-32gb"):
@@ -234,8 +233,7 @@ def test_a_package_file_is_reproduced_byte_for_byte(demo):
 
 def test_a_file_over_the_size_limit_is_published_in_parts(demo, toolchain_bin):
     workdir, _, _ = demo
-    config = write_config(workdir, {"calibration": {"text": str(CALIBRATION)}, "package": {"split_max_mb": 120}},
-                          "split.yaml")
+    config = scenario("demo-split", workdir / "split")
     assert planned_jobs(workdir, config) == {"package": 1}
     snakemake(workdir, config)
     package = workdir / "results" / "package" / MODEL
@@ -261,8 +259,7 @@ def test_a_file_over_the_size_limit_is_published_in_parts(demo, toolchain_bin):
 
 def test_a_gate_change_rejudges_without_remeasuring(demo):
     workdir, _, _ = demo
-    config = write_config(workdir, {"calibration": {"text": str(CALIBRATION)}, "fallback": {"remedies": []},
-                                    "gates": {"per_quant": {"Q4_K_M": {"max_mean_kld": 0.001}}}}, "tight-gate.yaml")
+    config = scenario("demo-tight-gate", workdir / "tight-gate")
     # Only Q4_K_M's gate changed; without remedies the IQ4_XS retry is no longer asked for.
     assert planned_jobs(workdir, config) == {"verdict": 1, "validation_report": 1, "quality_table": 1, "sha256sums": 1,
                                              "speed_report": 1, "package": 1, "summary": 1}
@@ -282,9 +279,7 @@ def test_a_gate_change_rejudges_without_remeasuring(demo):
 
 def test_static_twin_is_compared_with_the_imatrix_build(demo):
     workdir, _, _ = demo
-    config = write_config(workdir, {"calibration": {"text": str(CALIBRATION)}, "fallback": {"remedies": []},
-                                    "variants": {"Q4_K_M-static": {"type": "Q4_K_M", "imatrix": False}},
-                                    "quants": [*QUANTS, "Q4_K_M-static"]}, "static-twin.yaml")
+    config = scenario("demo-static-twin", workdir / "static-twin")
     snakemake(workdir, config)
     report = json.loads((workdir / "results" / MODEL / "validation_report.json").read_text())
     static, imatrix = report["quants"]["Q4_K_M-static"], report["quants"]["Q4_K_M"]

@@ -6,10 +6,10 @@ import re
 import pytest
 
 from workflow_scripts import gpu
-from workflow_scripts.benchmark import vram_check, vram_reading
+from workflow_scripts.speed import vram_check, vram_reading
 from workflow_scripts.errors import UserError
 from workflow_scripts.toolchain import LOCAL_SOURCE_ENV, _copy_llama_cpp
-from workflow_run import snakemake, write_config
+from tests.workflow_run import snakemake, write_config
 
 H200_LOG = """ggml_cuda_init: found 1 CUDA devices (Total VRAM: 143166 MiB):
   Device 0: NVIDIA H200, compute capability 9.0, VMM: yes, VRAM: 143166 MiB
@@ -49,8 +49,8 @@ def test_offload_options_only_for_a_cuda_toolchain():
     for off in ({"backend": "cpu", "gpu_layers": 999}, {"backend": "cuda", "gpu_layers": 0}):
         assert gpu.offload_option(off) == gpu.gpu_layers_option(off) == "" and gpu.toolchain_gpu_layers(off) == 0
     # trace verbosity, or the tool's log would not say which GPU it used and what it offloaded
-    assert gpu.offload_option({"backend": "cuda", "gpu_layers": 999}) == " -ngl 999 -lv 4"
-    assert gpu.gpu_layers_option({"backend": "cuda", "gpu_layers": 20}) == " --gpu-layers 20"
+    assert gpu.offload_option({"backend": "cuda", "gpu_layers": 999}) == "-ngl 999 -lv 4"
+    assert gpu.gpu_layers_option({"backend": "cuda", "gpu_layers": 20}) == "--gpu-layers 20"
     assert gpu.offload_args(20) == ["-ngl", "20", "-lv", "4"] and gpu.offload_args(0) == []
 
 
@@ -92,8 +92,9 @@ def test_a_local_llama_cpp_tree_must_be_of_the_pinned_version(tmp_path):
     assert (tmp_path / "src/.forge-commit").read_text().startswith("0c1e570")
 
 
-def _shell_commands(tmp_path, backend: str) -> dict[str, str]:
-    """The dry run's imatrix, reference-logits and validation command lines for a toolchain backend."""
+def _shell_commands(tmp_path, backend: str) -> dict[str, list[str]]:
+    """The dry run's imatrix, reference-logits and validation command lines for a toolchain
+    backend, as words."""
     workdir = tmp_path / backend
     workdir.mkdir()
     config = write_config(workdir, {"toolchain": {"backend": backend}})
@@ -101,15 +102,20 @@ def _shell_commands(tmp_path, backend: str) -> dict[str, str]:
     proc = snakemake(workdir, config, "--dry-run", "--printshellcmds", f"{model}/imatrix/smollm2-135m.imatrix.gguf",
                      f"{model}/validate/Q8_0.json")
     lines = [line.strip() for line in proc.stdout.splitlines()]
-    return {tool: next(line for line in lines if re.search(pattern, line)) for tool, pattern in
-            (("imatrix", r"llama-imatrix "), ("reference", r"llama-perplexity .*--kl-divergence-base"),
+    return {tool: next(line for line in lines if re.search(pattern, line)).split() for tool, pattern in
+            (("imatrix", r"llama-imatrix "), ("reference", r"workflow_scripts.validate reference "),
              ("validate", r"workflow_scripts.validate quant "))}
+
+
+def _inserted(words: list[str], before: str, new: list[str]) -> list[str]:
+    at = words.index(before)
+    return words[:at] + new + words[at:]
 
 
 def test_gpu_offload_reaches_the_command_lines_of_a_cuda_toolchain_only(tmp_path):
     cpu, cuda = _shell_commands(tmp_path, "cpu"), _shell_commands(tmp_path, "cuda")
-    assert not any("-ngl" in line or "--gpu-layers" in line for line in cpu.values())
-    assert cpu["imatrix"].endswith("--no-ppl")
-    assert cuda["imatrix"] == cpu["imatrix"] + " -ngl 999 -lv 4"
-    assert cuda["reference"] == cpu["reference"].replace(" --kl-divergence-base", " -ngl 999 -lv 4 --kl-divergence-base")
-    assert cuda["validate"] == cpu["validate"].replace(" --log results", " --gpu-layers 999 --log results")
+    assert not any("-ngl" in words or "--gpu-layers" in words for words in cpu.values())
+    assert cpu["imatrix"][-1] == "--no-ppl"
+    assert cuda["imatrix"] == cpu["imatrix"] + ["-ngl", "999", "-lv", "4"]
+    assert cuda["reference"] == _inserted(cpu["reference"], "--verify", ["--gpu-layers", "999"])
+    assert cuda["validate"] == _inserted(cpu["validate"], "--log", ["--gpu-layers", "999"])

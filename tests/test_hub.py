@@ -2,7 +2,8 @@
 
 Every fetch runs the real command (``python -m workflow_scripts.sources manifest``) in a fresh
 process with HF_ENDPOINT pointing at the stand-in and HF_HOME in a scratch directory, so the
-user's Hugging Face cache and token are never used.
+user's Hugging Face cache and token are never used. The first tests need no stand-in: which files
+a download takes, and an endpoint where nothing listens.
 """
 
 import json
@@ -13,10 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CALIBRATION
-from hub_standin import HubStandin
-from stub_sources import safetensors_bytes
-from workflow_run import snakemake, write_config
+from tests.conftest import CALIBRATION
+from tests.hub_standin import HubStandin
+from tests.stub_sources import safetensors_bytes
+from tests.workflow_run import snakemake, write_config
+from workflow_scripts.errors import UserError
+from workflow_scripts.hub import check_hub_listing, hub_allow_patterns
 
 ROOT = Path(__file__).resolve().parent.parent
 REPO = "org/tiny"
@@ -60,6 +63,32 @@ def assert_nothing_fetched(out: Path) -> None:
     assert not out.exists() or not list(out.iterdir()), list(out.iterdir())
 
 
+def test_hub_patterns_and_pickle_refusal():
+    assert "*.safetensors" in hub_allow_patterns(False) and "tokenizer.model" in hub_allow_patterns(False)
+    assert not {"*.bin", "*.pt", "*.pth"} & set(hub_allow_patterns(False))
+    assert "*.bin" in hub_allow_patterns(True)
+    check_hub_listing("o/m", ["config.json", "model.safetensors", "pytorch_model.bin"], False)
+    with pytest.raises(UserError, match="o/m: only pickle weights"):
+        check_hub_listing("o/m", ["config.json", "pytorch_model.bin"], False)
+    with pytest.raises(UserError, match="o/m: only pickle weights"):  # weights in a subfolder are not used
+        check_hub_listing("o/m", ["config.json", "pytorch_model.bin", "onnx/model.safetensors"], False)
+    check_hub_listing("o/m", ["config.json", "pytorch_model.bin"], True)
+    with pytest.raises(UserError, match="no \\*.safetensors"):
+        check_hub_listing("o/m", ["config.json"], True)
+
+
+def test_unreachable_hub_is_a_user_error_and_the_token_is_not_shown(tmp_path):
+    """The real download code path, against an endpoint where nothing listens."""
+    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_TOKEN": "hf_secretvalue123",
+           "HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_OFFLINE": "0"}
+    proc = fetch(env, tmp_path, "main", repo_id="org/model")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("gguf-forge error: hf repository org/model@main: the Hub could not be reached")
+    assert "set HF_HUB_OFFLINE=1 to use what the Hugging Face cache holds" in proc.stderr
+    assert "hf_secretvalue123" not in proc.stdout + proc.stderr
+    assert not (tmp_path / "source.json").exists() and not (tmp_path / "hf").exists()
+
+
 def test_a_branch_is_resolved_once_and_a_pinned_commit_keeps_its_bytes(hub, tiny_files, tmp_path):
     first = hub.commit(REPO, tiny_files)
     weights = tiny_files["model.safetensors"]
@@ -90,6 +119,7 @@ def test_a_branch_is_resolved_once_and_a_pinned_commit_keeps_its_bytes(hub, tiny
 
 
 @pytest.mark.toolchain
+@pytest.mark.slow
 def test_a_gated_repository_needs_hf_token_which_is_never_written(hub, tiny_files, tmp_path, toolchain_root):
     """The real workflow: refused without the token or with another, converted with it; the token
     is in no file of the working directory (results, logs, .snakemake, the HF cache) nor any output."""

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import random
 from pathlib import Path
 
 import pytest
 
 from workflow_scripts.llama_tools import parse_bench_json
 from workflow_scripts.memory_fit import fits, predict
-from workflow_scripts.recommend import speed_report
+from workflow_scripts.recommend import DEFAULT_TIE_FLOOR_PCT, main, speed_report
 
 FIXTURES = Path(__file__).parent / "fixtures" / "bench"
 GIB = 1 << 30
@@ -120,3 +122,111 @@ def test_noise_does_not_fail_the_speed_gate():
         benches[("Q8_0", tier)]["llama_bench"]["tg"]["stddev"] = 0.5  # 9.8 ± 0.5 vs 10 ± 0.1: within noise
     report = speed_report("m", _validation(Q8_0=0.004), benches, "F16", TIERS)
     assert report["builds"]["Q8_0"]["verdict"] == "passed" and report["builds"]["Q8_0"]["tiers"]["big"]["tg_speedup"] == 0.98
+
+
+# Speeds within the measurement noise are a tie, broken by the lower mean KLD, then the smaller file.
+NEAR = {"F16": (1000, 10.0, 9.0), "Q6_K": (410, 70.0, 1.0), "Q5_K_M": (350, 100.0, 1.0), "Q4_K_M": (300, 102.0, 1.0)}
+NEAR_KLD = {"Q6_K": 0.01, "Q5_K_M": 0.02, "Q4_K_M": 0.04}  # all within the balanced band (0.05)
+
+
+def _speeds(speeds: dict[str, tuple[float, float]], floor_pct: float | None = None) -> dict:
+    """speed_report's recommendations with these (tg tokens/s, stddev) on every measured tier."""
+    benches = _benches(NEAR)
+    for (name, _), bench in benches.items():
+        if name in speeds and bench["measured"]:
+            bench["llama_bench"]["tg"].update(tokens_per_s=speeds[name][0], stddev=speeds[name][1])
+    extra = {} if floor_pct is None else {"tie_floor_pct": floor_pct}
+    return speed_report("m", _validation(**NEAR_KLD), benches, "F16", TIERS, **extra)["recommendations"]
+
+
+def test_speeds_within_noise_tie_and_the_lower_kld_wins_whichever_is_nominally_faster():
+    for q5, q4 in ((100.0, 102.0), (102.0, 100.0)):
+        recs = _speeds({"Q6_K": (70.0, 2.0), "Q5_K_M": (q5, 3.0), "Q4_K_M": (q4, 3.0)})
+        for tier in ("small", "fast"):  # balanced and speed priority
+            assert recs[tier]["choice"] == "Q5_K_M" and recs[tier]["runner_up"] == "Q4_K_M", (q5, q4, tier)
+        tie = recs["small"]["speed_tie"]
+        assert tie["builds"] == {"Q5_K_M": {"tg_tps": q5, "tg_stddev": 3.0, "kld_mean": 0.02, "file_bytes": 350},
+                                 "Q4_K_M": {"tg_tps": q4, "tg_stddev": 3.0, "kld_mean": 0.04, "file_bytes": 300}}
+        assert tie["nominally_fastest"] == ("Q4_K_M" if q4 > q5 else "Q5_K_M")
+        assert tie["decided_by"] == "lower mean KLD" and tie["tie_break"] == "lower mean KLD, then smaller file"
+        assert recs["big"]["speed_tie"] is None and recs["gpu"]["speed_tie"] is None  # quality; not measured
+    assert recs["small"]["why"] == (
+        "fastest generation with mean KLD ≤ 0.05 among 3 shipped file(s) that fit small and meet its 2 s budget; "
+        "tied on generation speed within noise (Q5_K_M 102.0 ± 3.0, Q4_K_M 100.0 ± 3.0 tokens/s), "
+        "so the lower mean KLD decided")
+
+
+def test_a_real_speed_difference_still_wins():
+    # 100 ± 1 against 130 ± 1: 30 tokens/s apart, more than 2 × sqrt(1 + 1) and 3 % of 130.
+    recs = _speeds({"Q6_K": (70.0, 2.0), "Q5_K_M": (100.0, 1.0), "Q4_K_M": (130.0, 1.0)})
+    for tier in ("small", "fast"):
+        assert recs[tier]["choice"] == "Q4_K_M" and recs[tier]["runner_up"] == "Q5_K_M"
+        assert recs[tier]["speed_tie"] is None and "tied" not in recs[tier]["why"]
+    # Q6_K (70 ± 2) has the lowest KLD but is really slower than both: never first on speed.
+    assert _speeds({"Q6_K": (70.0, 2.0), "Q5_K_M": (100.0, 3.0), "Q4_K_M": (102.0, 3.0)})["fast"]["choice"] != "Q6_K"
+
+
+def test_equal_kld_ties_go_to_the_smaller_file():
+    global NEAR_KLD
+    saved, NEAR_KLD = NEAR_KLD, {**NEAR_KLD, "Q5_K_M": 0.04}
+    try:
+        recs = _speeds({"Q6_K": (70.0, 2.0), "Q5_K_M": (102.0, 3.0), "Q4_K_M": (100.0, 3.0)})
+    finally:
+        NEAR_KLD = saved
+    assert recs["small"]["choice"] == "Q4_K_M" and recs["small"]["speed_tie"]["decided_by"] == "smaller file (equal mean KLD)"
+
+
+def test_without_a_stddev_the_relative_floor_decides():
+    # stddev 0 (one repetition): 3 % of the faster by default, 102 vs 100 ties, 104 vs 100 does not.
+    assert _speeds({"Q5_K_M": (100.0, 0.0), "Q4_K_M": (102.0, 0.0)})["small"]["choice"] == "Q5_K_M"
+    assert _speeds({"Q5_K_M": (100.0, 0.0), "Q4_K_M": (104.0, 0.0)})["small"]["choice"] == "Q4_K_M"
+    assert _speeds({"Q5_K_M": (100.0, None), "Q4_K_M": (102.0, None)})["small"]["choice"] == "Q5_K_M"
+    assert _speeds({"Q5_K_M": (100.0, 0.0), "Q4_K_M": (102.0, 0.0)}, floor_pct=0)["small"]["choice"] == "Q4_K_M"
+    assert _speeds({"Q5_K_M": (100.0, 0.0), "Q4_K_M": (104.0, 0.0)}, floor_pct=5)["small"]["choice"] == "Q5_K_M"
+
+
+def test_re_measuring_within_the_noise_never_changes_the_choice():
+    rng = random.Random(20240611)
+    choices, runners_up, nominal = set(), set(), set()
+    for _ in range(20):
+        # Each re-measurement moves every mean by up to its stddev; the stddevs are the same each time.
+        speeds = {"Q6_K": (70.0 + rng.uniform(-2, 2), 2.0), "Q5_K_M": (100.0 + rng.uniform(-3, 3), 3.0),
+                  "Q4_K_M": (102.0 + rng.uniform(-3, 3), 3.0)}
+        nominal.add(max(speeds, key=lambda name: speeds[name][0]))
+        recs = _speeds(speeds)
+        choices |= {recs["small"]["choice"], recs["fast"]["choice"]}
+        runners_up |= {recs["small"]["runner_up"], recs["fast"]["runner_up"]}
+    assert nominal == {"Q5_K_M", "Q4_K_M"}  # the raw order did flip between re-measurements
+    assert choices == {"Q5_K_M"} and runners_up == {"Q4_K_M"}
+
+
+def test_re_measuring_a_real_difference_keeps_the_faster():
+    rng = random.Random(7)
+    choices = set()
+    for _ in range(20):
+        recs = _speeds({"Q6_K": (70.0 + rng.uniform(-2, 2), 2.0), "Q5_K_M": (100.0 + rng.uniform(-1, 1), 1.0),
+                        "Q4_K_M": (130.0 + rng.uniform(-1, 1), 1.0)})
+        choices |= {recs["small"]["choice"], recs["fast"]["choice"]}
+    assert choices == {"Q4_K_M"}
+
+
+def test_tie_floor_is_the_schema_default_and_reaches_the_cli(tmp_path):
+    import yaml
+
+    schema = yaml.safe_load((Path(__file__).parent.parent / "config" / "schema" / "config.schema.yaml").read_text())
+    assert schema["properties"]["benchmark"]["properties"]["tie_floor_pct"]["default"] == 3 == DEFAULT_TIE_FLOOR_PCT
+    benches = _benches(NEAR)
+    paths = []
+    for (name, tier), bench in benches.items():
+        if name in ("Q5_K_M", "Q4_K_M") and bench["measured"]:
+            bench["llama_bench"]["tg"].update(tokens_per_s=100.0 if name == "Q5_K_M" else 104.0, stddev=0.0)
+        path = tmp_path / tier / f"{name}.json"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps(bench))
+        paths.append(str(path))
+    (tmp_path / "validation.json").write_text(json.dumps(_validation(**NEAR_KLD)))
+    for floor, expected in ((None, "Q4_K_M"), ("5", "Q5_K_M")):
+        argv = ["--model", "m", "--validation", str(tmp_path / "validation.json"), "--speeds", *paths,
+                "--reference", "F16", "--tiers-json", json.dumps(TIERS), "--out", str(tmp_path / "out.json")]
+        main(argv + (["--tie-floor-pct", floor] if floor else []))
+        assert json.loads((tmp_path / "out.json").read_text())["recommendations"]["small"]["choice"] == expected

@@ -44,7 +44,7 @@ def ggml_to_float(lib: ctypes.CDLL, tensor) -> np.ndarray:
 @pytest.fixture(scope="module")
 def quants(tmp_path_factory, smollm2_gguf, toolchain_bin) -> dict[str, Path]:
     """The demo model's F16 reference and a static quant of each type (no imatrix: faster, same code)."""
-    from workflow_scripts.sources import gguf_to_reference
+    from workflow_scripts.convert import gguf_to_reference
 
     directory = tmp_path_factory.mktemp("tensor-error")
     files = {"F16": directory / "F16.gguf"}

@@ -3,6 +3,7 @@
 
 import pytest
 
+from tests.workflow_run import CALIBRATION as CAL
 from workflow_scripts.errors import UserError
 from workflow_scripts.tokenizer_parity import first_difference, texts_to_compare
 
@@ -27,9 +28,6 @@ def lib(toolchain_bin, monkeypatch):
     monkeypatch.setenv("LLAMA_CPP_LIB_PATH", str(toolchain_bin))
 
 
-CAL = __import__("conftest").CALIBRATION
-
-
 def test_converted_tiny_model_matches_its_hf_tokenizer(lib, tiny_hf, tiny_f16):
     from workflow_scripts.tokenizer_parity import check_against_hf
 
@@ -38,7 +36,7 @@ def test_converted_tiny_model_matches_its_hf_tokenizer(lib, tiny_hf, tiny_f16):
 
 
 def test_a_different_tokenizer_is_caught_with_the_first_differing_position(lib, tiny_f16, tmp_path):
-    from tiny_model import make_tiny_llama
+    from tests.tiny_model import make_tiny_llama
     from workflow_scripts.tokenizer_parity import check_against_hf
 
     # Same architecture and vocabulary size, tokenizer trained on other text: ids differ.
@@ -59,7 +57,7 @@ def test_cli_writes_no_report_on_mismatch(toolchain_stamp, tiny_f16, tmp_path):
     import subprocess
     import sys
 
-    from tiny_model import make_tiny_llama
+    from tests.tiny_model import make_tiny_llama
 
     other = make_tiny_llama(tmp_path / "other", CAL.read_text().upper())
     out = tmp_path / "parity.json"

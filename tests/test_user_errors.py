@@ -9,8 +9,8 @@ from typing import NamedTuple
 
 import pytest
 
-from stub_sources import safetensors_bytes
-from workflow_run import snakemake, write_config
+from tests.stub_sources import safetensors_bytes
+from tests.workflow_run import snakemake, write_config
 from workflow_scripts.errors import UserError
 from workflow_scripts.tool_step import run_tool
 from workflow_scripts.toolchain import LOCAL_SOURCE_ENV
@@ -218,6 +218,7 @@ def refusals(request, tmp_path_factory) -> dict:
         return dict(zip(selected, pool.map(run, selected)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CASES)
 def test_bad_input_is_refused_with_one_clear_message(refusals, name):
     workdir, configfile, proc = refusals[name]

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from stub_sources import EMPTY_GGUF
+from tests.stub_sources import EMPTY_GGUF
 from workflow_scripts.calibration import overlap_fraction
 from workflow_scripts.config import build_plan
 from workflow_scripts.errors import UserError

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,9 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 CALIBRATION = ROOT / "config" / "data" / "calibration.txt"
+SCENARIOS = ROOT / "tests" / "scenarios"
+TINY_MODEL_DIR = "tiny-llama"
+"""Where a scenario's config finds the tiny model, relative to the working directory."""
 
 
 def write_config(workdir: Path, config: dict, name: str = "config.yaml") -> Path:
@@ -21,11 +25,29 @@ def write_config(workdir: Path, config: dict, name: str = "config.yaml") -> Path
     return path
 
 
-def snakemake(workdir: Path, configfile: Path, *args: str, check: bool = True,
+def scenario(name: str, workdir: Path, tiny_hf: Path | None = None) -> Path:
+    """Lay out scenario ``name`` (tests/scenarios/<name>/) in ``workdir``, with the tiny model
+    linked where its config looks for it; returns the config file."""
+    shutil.copytree(SCENARIOS / name, workdir, dirs_exist_ok=True)
+    if tiny_hf is not None:
+        (workdir / TINY_MODEL_DIR).symlink_to(tiny_hf, target_is_directory=True)
+    return workdir / "config.yaml"
+
+
+def copy_run(workdir: Path, dest: Path) -> Path:
+    """A private copy of a finished run (its model directory too, times kept), for a test that
+    changes files: the shared run stays as it was made."""
+    shutil.copytree(workdir, dest, symlinks=False)
+    return dest
+
+
+def snakemake(workdir: Path, configfile: Path | None, *args: str, check: bool = True,
               env: dict | None = None) -> subprocess.CompletedProcess:
-    """``snakemake --snakefile <project>/Snakefile --directory <workdir> --configfile ...``."""
-    cmd = [str(SNAKEMAKE), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(configfile), "--cores", str(os.cpu_count() or 1), *args]
+    """``snakemake --snakefile <project>/Snakefile --directory <workdir> [--configfile ...]``
+    (without a config file: the default config alone, as ``make run`` runs it)."""
+    config = ["--configfile", str(configfile)] if configfile else []
+    cmd = [str(SNAKEMAKE), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir), *config,
+           "--cores", str(os.cpu_count() or 1), *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")

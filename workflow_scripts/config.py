@@ -17,17 +17,12 @@ import jsonschema
 import yaml
 
 from workflow_scripts.errors import UserError
-from workflow_scripts.gguf_census import bits_per_weight, expected_base_type
+from workflow_scripts.quant_types import (
+    IMATRIX_REQUIRED_QUANTS, IMATRIX_REQUIRED_TENSOR_TYPES, bits_per_weight, expected_base_type,
+)
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = PROJECT_DIR / "config" / "schema" / "config.schema.yaml"
-
-# llama.cpp refuses these without an importance matrix (src/llama-quant.cpp,
-# tensor_requires_imatrix): their main tensors become IQ1/IQ2/IQ3_XXS types, or Q2_K in Q2_K_S.
-IMATRIX_REQUIRED_QUANTS = frozenset(
-    {"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "IQ3_XS", "Q2_K_S"}
-)
-IMATRIX_REQUIRED_TENSOR_TYPES = frozenset({"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS"})
 
 CALIBRATION_KEYS = ("text", "chunks", "ctx")
 OPTION_KEYS = ("tensor_types", "output_tensor_type", "token_embedding_type", "extra_args")
@@ -48,6 +43,12 @@ class Build:
     @property
     def recipe(self) -> tuple[str, ...]:
         return quantize_args(self.options, include_extra=False)
+
+    def quantize_argv(self, reference: str, imatrix: str) -> list[str]:
+        """llama-quantize's arguments (``{out}`` stands for the output): the overrides, the imatrix
+        by its stable relative path when the build uses it, the reference, the type. The quantize
+        job runs them and the package records them."""
+        return [*self.args, *(["--imatrix", imatrix] if self.imatrix else []), reference, "{out}", self.type]
 
 
 @dataclass(frozen=True)
@@ -197,7 +198,8 @@ def check_overlap(calibration: str, evaluation: str, limit: float, where: str, s
 def _check_source(model_source: dict, field: str, source_name: str, base: Path, cache: dict) -> dict:
     """The source with its path resolved, after a header-only check of its files (once per path):
     a damaged or cut-short download is refused before any job starts."""
-    from workflow_scripts.sources import check_gguf_header, check_hf_source, resolve_gguf_path
+    from workflow_scripts.gguf_header import check_gguf_header, resolve_gguf_path
+    from workflow_scripts.hf_dir import check_hf_source
 
     source = dict(model_source)
     if source["type"] == "hf":

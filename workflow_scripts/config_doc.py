@@ -20,6 +20,13 @@ commented default; `--configfile` overrides it key by key.
 """
 
 
+def table_cell(text: str) -> str:
+    """``text`` as one cell of a Markdown table that renders as the text itself: on one line, with
+    backslashes and pipes escaped (a backslash would otherwise escape the character after it, e.g.
+    the ``\\.`` of a regular expression, and a pipe would end the cell)."""
+    return " ".join(str(text).split()).replace("\\", "\\\\").replace("|", "\\|")
+
+
 def _resolve(node: dict, root: dict) -> dict:
     """``node`` with a local ``$ref`` (``#/$defs/...``, any depth) replaced by what it points to."""
     ref = node.get("$ref")
@@ -55,8 +62,9 @@ def _rows(node: dict, prefix: str, root: dict):
         key = f"{prefix}.{name}" if prefix else name
         if "const" in child:
             continue
-        default = f"`{json.dumps(child['default'])}`" if "default" in child else ""
-        description = " ".join(str(child.get("description", "")).split()).replace("|", "\\|")
+        # In a code span only the table's pipe needs its escape.
+        default = f"`{json.dumps(child['default'])}`".replace("|", "\\|") if "default" in child else ""
+        description = table_cell(child.get("description", ""))
         kind = _type(child) if "enum" not in child or len(child["enum"]) < 12 else _long_enum(child["enum"], root)
         yield f"| `{key}` | {kind} | {default} | {description} |"
         yield from _rows(child, key, root)

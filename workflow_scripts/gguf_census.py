@@ -10,28 +10,16 @@ effect, and is not explained by a fallback, fails the job.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workflow_scripts.atomic import atomic_write_text
-from workflow_scripts.errors import UserError, run_cli
+from workflow_scripts.errors import UserError
 from workflow_scripts.llama_tools import parse_quantize_fallbacks, parse_quantize_tensors
+from workflow_scripts.quant_types import expected_base_type
 
-# llama_ftype_get_default_type (src/llama-quant.cpp of the pinned llama.cpp): the tensor type a
-# file type is named after; mixtures (_S/_M/_L, IQ*_M) upgrade some tensors from it.
-BASE_TYPE = {
-    "Q1_0": "Q1_0", "Q2_0": "Q2_0", "Q4_0": "Q4_0", "Q4_1": "Q4_1", "Q5_0": "Q5_0", "Q5_1": "Q5_1",
-    "Q8_0": "Q8_0", "F16": "F16", "BF16": "BF16", "MXFP4_MOE": "MXFP4",
-    "Q2_K": "Q2_K", "Q2_K_S": "Q2_K", "IQ3_XS": "IQ3_S", "Q3_K_S": "Q3_K", "Q3_K_M": "Q3_K",
-    "Q3_K_L": "Q3_K", "Q4_K_S": "Q4_K", "Q4_K_M": "Q4_K", "Q5_K_S": "Q5_K", "Q5_K_M": "Q5_K",
-    "Q6_K": "Q6_K", "TQ1_0": "TQ1_0", "TQ2_0": "TQ2_0", "IQ2_XXS": "IQ2_XXS", "IQ2_XS": "IQ2_XS",
-    "IQ2_S": "IQ2_XS", "IQ2_M": "IQ2_S", "IQ3_XXS": "IQ3_XXS", "IQ1_S": "IQ1_S", "IQ1_M": "IQ1_M",
-    "IQ4_NL": "IQ4_NL", "IQ4_XS": "IQ4_XS", "IQ3_S": "IQ3_S", "IQ3_M": "IQ3_S",
-}
 CLASSES = ("requested", "recipe_mix", "override", "fallback", "not_quantized", "override_ignored")
 
 
@@ -63,21 +51,6 @@ class Recipe:
             if re.search(pattern.lower(), name):
                 return f"--tensor-type {pattern}={ttype}", ttype.upper()
         return None
-
-
-def expected_base_type(quant: str) -> str:
-    try:
-        return BASE_TYPE[quant]
-    except KeyError:
-        raise UserError(f"quant type {quant!r} is not known to the recipe check") from None
-
-
-def bits_per_weight(tensor_type: str) -> float:
-    """Storage bits per weight of a ggml tensor type (block bytes × 8 / block size, from gguf-py)."""
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
-
-    block, size = GGML_QUANT_SIZES[GGMLQuantizationType[tensor_type]]
-    return size * 8 / block
 
 
 def read_tensor_types(gguf_path: Path) -> dict[str, TensorInfo]:
@@ -173,29 +146,13 @@ def census(gguf_path: Path, recipe: Recipe, quantize_log: str) -> dict[str, Any]
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preflight", type=Path, metavar="REFERENCE",
-                        help="only check the recipe against this reference GGUF, before quantizing")
-    parser.add_argument("--gguf", type=Path)
-    parser.add_argument("--quant", required=True)
+def recipe_from_args(quant: str, args: list[str]) -> Recipe:
+    """The Recipe of a build from its recipe arguments (``Build.recipe``: llama-quantize's type
+    override options, in the order llama-quantize gets them)."""
+    parser = argparse.ArgumentParser(prog=f"recipe of {quant}", exit_on_error=False)
     parser.add_argument("--tensor-type", action="append", default=[], metavar="PATTERN=TYPE")
     parser.add_argument("--output-tensor-type")
     parser.add_argument("--token-embedding-type")
-    parser.add_argument("--quantize-log", type=Path)
-    parser.add_argument("--out", type=Path)
-    ns = parser.parse_args(argv)
-    recipe = Recipe(ns.quant, [tuple(t.split("=", 1)) for t in ns.tensor_type],
-                    ns.output_tensor_type, ns.token_embedding_type)
-    if ns.preflight:
-        preflight(ns.preflight, recipe)
-        return
-    if not (ns.gguf and ns.quantize_log and ns.out):
-        parser.error("--gguf, --quantize-log and --out are required unless --preflight is given")
-    result = census(ns.gguf, recipe, ns.quantize_log.read_text(errors="replace"))
-    atomic_write_text(ns.out, json.dumps(result, indent=2) + "\n")
-    print(f"{ns.gguf}: {result['bits_per_weight']} bits per weight, {result['classes']}")
-
-
-if __name__ == "__main__":
-    run_cli(main)
+    ns = parser.parse_args(args)
+    return Recipe(quant, [tuple(t.split("=", 1)) for t in ns.tensor_type], ns.output_tensor_type,
+                  ns.token_embedding_type)

@@ -65,15 +65,14 @@ def toolchain_gpu_layers(toolchain: dict) -> int:
 
 
 def offload_option(toolchain: dict) -> str:
-    """offload_args of a llama.cpp command line; empty for a CPU toolchain, whose command lines
-    stay exactly as they were."""
-    return "".join(f" {arg}" for arg in offload_args(toolchain_gpu_layers(toolchain)))
+    """offload_args of a llama.cpp command line (a rule's params); empty for a CPU toolchain."""
+    return " ".join(offload_args(toolchain_gpu_layers(toolchain)))
 
 
 def gpu_layers_option(toolchain: dict) -> str:
-    """`` --gpu-layers N`` for a workflow script that runs a llama.cpp tool; empty for a CPU toolchain."""
+    """``--gpu-layers N`` for a workflow script that runs a llama.cpp tool; empty for a CPU toolchain."""
     layers = toolchain_gpu_layers(toolchain)
-    return f" --gpu-layers {layers}" if layers else ""
+    return f"--gpu-layers {layers}" if layers else ""
 
 
 _DEVICE = re.compile(r"Device \d+: (?P<name>[^,\n]+), compute capability (?P<cc>[\d.]+)")

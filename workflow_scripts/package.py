@@ -26,6 +26,7 @@ from workflow_scripts.errors import UserError, run_cli
 from workflow_scripts.model_card import render_card
 from workflow_scripts.provenance import dependency, host_info, statement, tool_versions
 from workflow_scripts.tool_step import tool_path
+from workflow_scripts.verify_package import verify_package
 
 METRIC_KEYS = ("file_bytes", "bits_per_weight", "ppl", "ppl_error", "delta_ppl_pct", "kld_mean", "kld_median",
                "kld_p99", "kld_max", "same_top_pct", "rms_dp_pct", "types", "fallbacks")
@@ -207,6 +208,8 @@ def main(argv: list[str] | None = None) -> None:
                       {"source": ns.source_json, "convert": ns.convert_json}, texts, ns.out)
     print(f"{ns.out}: {len(result['files'])} GGUF files; withheld (no build passed): "
           f"{', '.join(w['quant'] for w in result['withheld']) or 'none'}")
+    verify_package(ns.out)  # checked as a downloader checks it, before the job counts as done
+    print(f"{ns.out}: the files and the manifest match SHA256SUMS and the provenance")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,7 +75,41 @@ LOG_FLUSH = SourcePatch(
     "} gguf_forge_flush_log_at_exit_instance;\n}\n#endif\n",
     "common logger flushed at exit, so no tool output line is lost",
 )
-PATCHES = (DETERMINISTIC_FP, LOG_FLUSH)
+# Build time: on 2 cores about half of the compile time goes to llama-common (argument parsing,
+# chat templates, JSON, grammar, download; its nlohmann::json and parser templates are slow to
+# optimise) and the vendored cpp-httplib it links. Neither is on the inference or quantization hot
+# path (that is ggml-base, ggml-cpu and libllama, compiled exactly as upstream does), so they are
+# compiled with -O1. benchmarks/fp_contract_speed.py --compare measures llama-bench speed and quant
+# bytes of such a build against upstream flags.
+COLD_OPT_FLAGS = "-O1"
+COLD_CODE_O1 = SourcePatch(
+    "CMakeLists.txt",
+    "\n# gguf-forge: code off the hot path (llama-common, cpp-httplib) compiled with "
+    f"{COLD_OPT_FLAGS} (faster build)\n"
+    "foreach(gguf_forge_target llama-common cpp-httplib)\n"
+    "    if (TARGET ${gguf_forge_target})\n"
+    "        target_compile_options(${gguf_forge_target} PRIVATE "
+    f"$<$<COMPILE_LANGUAGE:CXX>:{COLD_OPT_FLAGS}>)\n"
+    "    endif()\n"
+    "endforeach()\n",
+    f"llama-common and cpp-httplib (not on the hot path) compiled with {COLD_OPT_FLAGS}",
+)
+# AMX: a native build on a host that reports AMX compiles ggml-cpu's AMX matrix kernels, and on
+# the hosts this project runs on (x86 virtual machines reporting amx_tile/amx_int8) every Q8_0 or
+# Q4_0 matrix product of llama-perplexity then dies in tinygemm_kernel_amx on its first tile
+# instruction (SIGILL at `tilezero`, or SIGSEGV with two threads), although the kernel grants the
+# tile permission. AMX only speeds up prompt processing of those types on such CPUs, so it is left
+# out unless asked for with the CMake argument -DGGUF_FORGE_AMX=ON (toolchain.cmake_args).
+NO_AMX = SourcePatch(
+    "ggml/src/CMakeLists.txt",
+    "\n# gguf-forge: no AMX kernels unless -DGGUF_FORGE_AMX=ON (they crashed on AMX-reporting VMs)\n"
+    "option(GGUF_FORGE_AMX \"gguf-forge: build ggml-cpu's AMX kernels\" OFF)\n"
+    "if (TARGET ggml-cpu AND NOT GGUF_FORGE_AMX AND CMAKE_SYSTEM_PROCESSOR MATCHES \"x86_64|AMD64|amd64\" AND NOT MSVC)\n"
+    "    target_compile_options(ggml-cpu PRIVATE -mno-amx-tile -mno-amx-int8 -mno-amx-bf16)\n"
+    "endif()\n",
+    "ggml-cpu built without AMX kernels (-mno-amx-*) unless -DGGUF_FORGE_AMX=ON",
+)
+PATCHES = (DETERMINISTIC_FP, LOG_FLUSH, COLD_CODE_O1, NO_AMX)
 
 BACKEND_ARGS = {
     "cpu": [],
@@ -128,8 +163,11 @@ def ensure_sdist(version: str, cache: Path, log) -> Path:
     if expected.exists():
         return expected
     with tempfile.TemporaryDirectory(dir=target_dir) as tmp:
+        # Only llama-cpp-python must come as an sdist: with --no-binary :all: pip also builds the
+        # sdist's build dependencies from source to prepare its metadata (39 s instead of 6 s on
+        # 2 cores, with an empty pip cache; the same sdist bytes either way).
         proc = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps",
+            [sys.executable, "-m", "pip", "download", "--no-binary", "llama-cpp-python", "--no-deps",
              f"llama-cpp-python=={version}", "-d", tmp],
             stdout=log, stderr=subprocess.STDOUT,
         )
@@ -188,10 +226,122 @@ def _copy_llama_cpp(tree: Path, version: str, dest: Path) -> str:
     return commit
 
 
+PROGRESS_EVERY = 20.0
+"""Seconds between progress lines on stderr while llama.cpp builds (the full output goes to the log)."""
+
+_STEP = re.compile(r"^\[\s*(\d+)/(\d+)\]\s*(.*)")  # Ninja: [57/133] Building CXX object ...
+_PERCENT = re.compile(r"^\[\s*(\d+)%\]\s*(.*)")  # CMake's Makefiles: [ 42%] Building CXX object ...
+
+
+def parse_progress(line: str) -> str | None:
+    """The build tool's own counter and step of an output line (``[57/133] Building ... x.cpp.o``, or
+    ``[ 42%] Building ...`` from Makefiles), with long paths cut to the file name; None for other lines."""
+    match = _STEP.match(line) or _PERCENT.match(line)
+    if not match:
+        return None
+    counter = f"[{match[1]}/{match[2]}]" if match.re is _STEP else f"[{int(match[1]):3d}%]"
+    words = [w.rsplit("/", 1)[-1] if "/" in w else w for w in match.groups()[-1].split()]
+    what = " ".join(words)
+    return f"{counter} {what[:100]}".rstrip()
+
+
+def format_seconds(seconds: float) -> str:
+    """``42 s``, ``3 min 05 s``: whole seconds, as the README gives times."""
+    seconds = int(round(seconds))
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
+class Progress:
+    """Short progress lines for the console while a step's full output goes to the log: one when the
+    step starts, the latest build counter at most every ``every`` seconds (also while one long
+    compile prints nothing), and one when it ends with the elapsed time."""
+
+    def __init__(self, out, label: str, log_name: str | None, every: float = PROGRESS_EVERY,
+                 clock=time.monotonic):
+        self.out, self.label, self.every, self.clock = out, label, every, clock
+        self.where = f"log: {log_name}" if log_name else None
+        self.started = self.last_line = clock()
+        self.latest: str | None = None
+        self.shown: str | None = None
+        self.lock = threading.Lock()
+
+    def say(self, text: str) -> None:
+        print(f"{self.label}: {text}" + (f" ({self.where})" if self.where else ""), file=self.out, flush=True)
+
+    def start(self, what: str) -> None:
+        self.started = self.last_line = self.clock()
+        self.say(f"{what} started")
+
+    def feed(self, line: str) -> None:
+        """Take one output line of the build; show the counter when the last progress line is old."""
+        step = parse_progress(line)
+        with self.lock:
+            if step:
+                self.latest = step
+        self.tick()
+
+    def tick(self) -> None:
+        """Show the latest counter if ``every`` seconds passed since the last progress line."""
+        with self.lock:
+            now = self.clock()
+            if now - self.last_line < self.every:
+                return
+            self.last_line = now
+            step = self.latest or "working"
+            if step == self.shown:
+                step += " (still running)"
+            self.shown = self.latest
+        self.say(f"{step}, {format_seconds(now - self.started)}")
+
+    def end(self, what: str, ok: bool = True) -> None:
+        self.say(f"{what} {'done' if ok else 'FAILED'} in {format_seconds(self.clock() - self.started)}")
+
+
+def run_logged(cmd: list[str], log, progress: Progress | None = None, poll: float = 1.0) -> int:
+    """Run ``cmd`` with its output to ``log``; feed each line to ``progress``, which also gets a tick
+    every ``poll`` seconds so a long silent compile still shows a progress line. Returns the exit status."""
+    if progress is None:
+        return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+
+    def pump() -> None:
+        for line in proc.stdout:
+            log.write(line)
+            progress.feed(line)
+        log.flush()
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    while reader.is_alive():
+        reader.join(timeout=poll)
+        progress.tick()
+    return proc.wait()
+
+
+def _generator() -> list[str]:
+    """Ninja when it is installed (the ``ninja`` package is a dependency), else CMake's default."""
+    return ["-G", "Ninja"] if shutil.which("ninja") else []
+
+
+def _drop_other_generator(build: Path, generator: list[str]) -> None:
+    """A build directory configured with another generator (ninja installed or removed since an
+    interrupted build) cannot be resumed: CMake refuses it, so it is started again."""
+    cache_file = build / "CMakeCache.txt"
+    if not cache_file.is_file():
+        return
+    found = re.search(r"^CMAKE_GENERATOR:INTERNAL=(.*)$", cache_file.read_text(errors="replace"), re.M)
+    wanted = generator[1] if generator else "Unix Makefiles"
+    if found and found[1].strip() != wanted:
+        shutil.rmtree(build)
+
+
 def ensure_build(version: str, backend: str, extra_args: list[str], jobs: int, log,
-                 cuda_architectures: str | None = None) -> Path:
+                 cuda_architectures: str | None = None, progress_to=None, log_name: str | None = None) -> Path:
     """Build (or reuse) the pinned llama.cpp; return the build root holding ``build-info.json``.
-    A CUDA build without configured architectures is built for this host's GPUs."""
+    A CUDA build without configured architectures is built for this host's GPUs. With ``progress_to``
+    (a stream: the console), what runs is announced there with the build's [n/N] counter at least
+    every PROGRESS_EVERY seconds, and ``log_name`` tells where the full output is."""
+    console = Progress(progress_to, "llama.cpp", log_name) if progress_to is not None else None
     if backend == "cuda" and not cuda_architectures:
         cuda_architectures = detected_cuda_architectures() or None  # no GPU here: CMake's default
     cache = cache_root()
@@ -200,29 +350,45 @@ def ensure_build(version: str, backend: str, extra_args: list[str], jobs: int, l
     root.parent.mkdir(parents=True, exist_ok=True)
     info_path = root / "build-info.json"
     with open(root.parent / f"{root.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if console:
+                console.say(f"waiting for the build of {root.name} under way in another process")
+            fcntl.flock(lock, fcntl.LOCK_EX)
         if info_path.exists() and all((root / "build/bin" / t).exists() for t in TOOLS):
             print(f"reusing cached llama.cpp build {root}", file=log, flush=True)
+            if console:
+                console.say(f"reusing the cached build {root}")
             return root
         root.mkdir(exist_ok=True)
         src = root / "src"
         local = os.environ.get(LOCAL_SOURCE_ENV)
         if not (src / ".forge-commit").exists():
             shutil.rmtree(src, ignore_errors=True)
+            if console:
+                console.say(f"preparing the source of {root.name}" + ("" if local else f" (llama-cpp-python {version} sdist)"))
             if local:
                 _copy_llama_cpp(Path(local), version, src)
             else:
                 _extract_llama_cpp(ensure_sdist(version, cache, log), src)
         commit = (src / ".forge-commit").read_text().strip()
-        generator = ["-G", "Ninja"] if shutil.which("ninja") else []
+        generator = _generator()
+        _drop_other_generator(root / "build", generator)
         configure = ["cmake", "-S", str(src), "-B", str(root / "build"), *generator, *args,
                      f"-DLLAMA_BUILD_COMMIT={commit[:9]}"]
         build = ["cmake", "--build", str(root / "build"), "-j", str(jobs), "--target", *TOOLS]
         started = time.monotonic()
-        for cmd in (configure, build):
+        for step, cmd in (("configure", configure), ("build", build)):
             print("+ " + " ".join(cmd), file=log, flush=True)
-            if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode != 0:
-                raise UserError(f"llama.cpp build failed: `{' '.join(cmd[:3])} ...` (see the log above)")
+            if console:
+                console.start(f"{step} ({generator[1] if generator else 'make'}, {jobs} jobs) of {root}"
+                              if step == "build" else f"{step} of {root.name}")
+            status = run_logged(cmd, log, console)
+            if console:
+                console.end(step, status == 0)
+            if status != 0:
+                raise UserError(f"llama.cpp build failed: `{' '.join(cmd[:3])} ...` (see {log_name or 'the log above'})")
         info = {
             "llama_cpp_python_version": version,
             "llama_cpp_commit": commit,
@@ -340,9 +506,28 @@ def describe(bin_dir: Path, build_info: dict) -> dict:
     }
 
 
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "config" / "schema" / "config.schema.yaml"
+
+
+def configured_toolchain(config_path: Path, schema_path: Path = SCHEMA_PATH) -> dict:
+    """The ``toolchain`` section of a config file with the schema's defaults filled, as the workflow
+    sees it (Snakemake fills the same defaults from the same schema). Needs only PyYAML, so the build
+    can start before the rest of the environment is installed; the workflow checks the whole config
+    when it runs."""
+    import yaml
+
+    config = yaml.safe_load(config_path.read_text()) or {}
+    section = dict(config.get("toolchain") or {})
+    schema = yaml.safe_load(schema_path.read_text())
+    for key, spec in schema["properties"]["toolchain"]["properties"].items():
+        if key not in section and "default" in spec:
+            section[key] = spec["default"]
+    return section
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--stamp", required=True, type=Path, help="stamp JSON to write")
+    parser.add_argument("--stamp", type=Path, help="stamp JSON to write")
     parser.add_argument("--log", type=Path, help="build log (default: stderr)")
     parser.add_argument("--version", help="llama-cpp-python version whose vendored llama.cpp to build")
     parser.add_argument("--backend", default="cpu")
@@ -350,12 +535,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cuda-architectures")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--build-dir", type=Path, help="use this existing llama.cpp build instead")
+    parser.add_argument("--from-config", type=Path, metavar="CONFIG",
+                        help="only build (or find cached) the llama.cpp this config file's toolchain section "
+                             "names, no stamp: `make run` starts it beside the install")
     ns = parser.parse_args(argv)
+    if not ns.stamp and not ns.from_config:
+        parser.error("--stamp is required (or --from-config to only build)")
+    if ns.log:
+        ns.log.parent.mkdir(parents=True, exist_ok=True)
     log = open(ns.log, "a") if ns.log else sys.stderr
+    console = sys.stderr if ns.log else None  # the full output goes to the log, a summary to the console
+    if ns.from_config:
+        tc = configured_toolchain(ns.from_config)
+        if tc.get("build_dir"):
+            print(f"llama.cpp: {ns.from_config} uses the existing build {tc['build_dir']}; nothing to build",
+                  file=sys.stderr)
+            return
+        ensure_build(tc["llama_cpp_python_version"], tc["backend"], tc["cmake_args"], ns.jobs, log,
+                     tc["cuda_architectures"] or None, progress_to=console, log_name=str(ns.log or ""))
+        return
     if ns.build_dir:
         stamp = describe(build_bin_dir(ns.build_dir), {"source": "existing build directory", "backend": ns.backend})
     else:
-        root = ensure_build(ns.version, ns.backend, ns.cmake_arg, ns.jobs, log, ns.cuda_architectures)
+        root = ensure_build(ns.version, ns.backend, ns.cmake_arg, ns.jobs, log, ns.cuda_architectures,
+                            progress_to=console, log_name=str(ns.log or ""))
         stamp = describe(root / "build/bin", {"source": "llama-cpp-python sdist",
                                               **json.loads((root / "build-info.json").read_text())})
     atomic_write_text(ns.stamp, json.dumps(stamp, indent=2, sort_keys=True) + "\n")

@@ -4,8 +4,8 @@ The reference's logits on the held-out evaluation text are computed once per mod
 (``llama-perplexity --kl-divergence-base``); each quant is then run with ``--kl-divergence``
 against them, and the figures llama.cpp prints only as text are parsed into JSON. Measuring and
 judging are separate steps, so changing a gate re-judges without re-measuring. A build that fails
-is followed by the configured remedies (new builds, see rules/validate.smk); the report says which
-build ships for each requested quant, and which quants ship none.
+is followed by the configured remedies (new builds, see workflow_scripts/fallback.py); the report says
+which build ships for each requested quant, and which quants ship none.
 """
 
 from __future__ import annotations
@@ -17,12 +17,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from workflow_scripts import fallback
 from workflow_scripts.atomic import atomic_write_text
 from workflow_scripts.checksums import verify
 from workflow_scripts.errors import UserError, run_cli
 from workflow_scripts.gpu import offload_args, offload_from_log
 from workflow_scripts.llama_tools import parse_kl_divergence, parse_perplexity_base
-from workflow_scripts.tool_step import run_logged, tool_path
+from workflow_scripts.tool_step import run_logged, run_tool, tool_path
 
 GATE_CHECKS = (
     # (gate key, metric key, comparison, wording)
@@ -46,6 +47,21 @@ def measure_quant(stamp: Path, gguf: Path, logits: Path, threads: int, log: Path
     text = log.read_text(errors="replace")
     try:
         return with_offload(parse_kl_divergence(text), text)
+    except ValueError as err:
+        raise UserError(f"{log}: {err}") from None
+
+
+def measure_reference(stamp: Path, gguf: Path, text: Path, ctx: int, chunks: int, threads: int, logits: Path,
+                      log: Path, verify_paths: list[Path], gpu_layers: int = 0) -> dict[str, Any]:
+    """Run llama-perplexity on the reference over ``chunks`` × ``ctx`` tokens of the evaluation text,
+    keeping its logits (every quant's KL divergence is measured against them); parse its figures."""
+    log.unlink(missing_ok=True)  # the log is parsed: only this run's output may be in it
+    run_tool(stamp, "llama-perplexity", ["-m", str(gguf), "-f", str(text), "-c", str(ctx), "--chunks", str(chunks),
+                                         "-t", str(threads), *offload_args(gpu_layers), "--kl-divergence-base", "{out}"],
+             logits, log, verify_paths)
+    log_text = log.read_text(errors="replace")
+    try:
+        return with_offload(parse_perplexity_base(log_text), log_text)
     except ValueError as err:
         raise UserError(f"{log}: {err}") from None
 
@@ -126,7 +142,7 @@ def imatrix_violations(builds: dict[str, dict]) -> dict[str, Any]:
 def model_report(model: str, reference: dict, builds: dict[str, dict], attempts: dict[str, list[str]]) -> dict[str, Any]:
     """Every build's verdict, which build ships for each requested quant (the last try, if it
     passed), and the invariants across builds."""
-    ships = {quant: (tried[-1] if builds[tried[-1]]["verdict"] == "passed" else None) for quant, tried in attempts.items()}
+    ships = fallback.ships(attempts, lambda build: builds[build]["verdict"])
     for quant, tried in attempts.items():
         for name in tried:
             builds[name]["shipped"] = name == ships[quant]
@@ -160,9 +176,14 @@ def quality_csv(reports: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    base = sub.add_parser("reference", help="parse the reference's perplexity run")
-    base.add_argument("--log", type=Path, required=True)
-    base.add_argument("--out", type=Path, required=True)
+    base = sub.add_parser("reference", help="the reference's perplexity run, keeping its logits")
+    for name in ("--stamp", "--gguf", "--text", "--logits", "--log", "--out"):
+        base.add_argument(name, type=Path, required=True)
+    base.add_argument("--ctx", type=int, required=True)
+    base.add_argument("--chunks", type=int, required=True)
+    base.add_argument("--threads", type=int, default=1)
+    base.add_argument("--gpu-layers", type=int, default=0, help="layers llama-perplexity offloads to the GPU (-ngl)")
+    base.add_argument("--verify", type=Path, action="append", default=[], help="check this file against its .sha256 first")
     quant = sub.add_parser("quant", help="measure one build against the reference logits")
     quant.add_argument("--name", required=True, help="the build's name (a quant type or a variant)")
     for name in ("--stamp", "--gguf", "--logits", "--census", "--log", "--out"):
@@ -187,8 +208,8 @@ def main(argv: list[str] | None = None) -> None:
     table.add_argument("--out", type=Path, required=True)
     ns = parser.parse_args(argv)
     if ns.command == "reference":
-        text = ns.log.read_text(errors="replace")
-        result = with_offload(parse_perplexity_base(text), text)
+        result = measure_reference(ns.stamp, ns.gguf, ns.text, ns.ctx, ns.chunks, ns.threads, ns.logits, ns.log,
+                                   ns.verify, ns.gpu_layers)
     elif ns.command == "quant":
         kld = measure_quant(ns.stamp, ns.gguf, ns.logits, ns.threads, ns.log, ns.verify, ns.gpu_layers)
         result = quant_metrics(ns.name, kld, json.loads(ns.census.read_text()), json.loads(ns.stamp.read_text()))

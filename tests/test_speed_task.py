@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from workflow_scripts.benchmark import run_task
+from workflow_scripts.speed import run_task
 from workflow_scripts.errors import UserError
 
 SETTINGS = {"prompt": "The sky is", "answer_tokens": 6}

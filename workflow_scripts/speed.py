@@ -64,7 +64,7 @@ def run_task(stamp: dict, gguf: Path, tier: dict, threads: int, settings: dict) 
     request = {"gguf": str(gguf), "ctx": tier["ctx"], "threads": threads, "gpu_layers": tier["gpu_layers"],
                "prompt": settings["prompt"], "answer_tokens": settings["answer_tokens"]}
     env = {**os.environ, "LLAMA_CPP_LIB_PATH": stamp["bin_dir"]}
-    proc = subprocess.run([sys.executable, "-m", "workflow_scripts.benchmark", "--task", json.dumps(request)],
+    proc = subprocess.run([sys.executable, "-m", "workflow_scripts.speed", "--task", json.dumps(request)],
                           capture_output=True, env=env, text=True)
     if proc.returncode != 0:
         raise UserError(f"reference task on {gguf} {failure(proc.returncode)}; its last output:\n{proc.stderr[-2000:]}"
