@@ -40,10 +40,12 @@ run:
 # tests, without the demo model's end-to-end run, SLURM, crash/resume and the bad-input table.
 FAST := not slow and not real_model and not slurm
 
-test: install
+test:
+	$(MAKE) --no-print-directory -j2 install toolchain
 	$(BIN)/ruff check workflow_scripts tests benchmarks
 	$(BIN)/python -m pytest
 
-test-fast: install
+test-fast:
+	$(MAKE) --no-print-directory -j2 install toolchain
 	$(BIN)/ruff check workflow_scripts tests benchmarks
 	$(BIN)/python -m pytest -m "$(FAST)"
