@@ -17,7 +17,7 @@ bin/llama-bench and bin/llama-quantize, e.g. two cached toolchain builds) the sa
 the baseline: e.g. a build with upstream flags everywhere against one that compiles code off the
 hot path with lower optimisation (toolchain.COLD_CODE_O1). --src defaults to NEW's source tree.
 
-    python benchmarks/fp_contract_speed.py --compare ~/.cache/gguf-forge/llama.cpp/<old>/build \
+    python -m benchmarks.fp_contract_speed --compare ~/.cache/gguf-forge/llama.cpp/<old>/build \
         /tmp/cache/llama.cpp/<new>/build --work /tmp/cmp --model reference-F16.gguf
 """
 
@@ -34,8 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from workflow_scripts.toolchain import DETERMINISTIC_FP, apply_patches, cmake_args  # noqa: E402
+from workflow_scripts.toolchain import DETERMINISTIC_FP, apply_patches, cmake_args
 
 SHAPES = {
     "135m": dict(layers=30, hidden=576, heads=9, kv_heads=3, ffn=1536, vocab=49152),

@@ -13,7 +13,7 @@ import yaml
 from workflow_scripts.errors import UserError
 from workflow_scripts.toolchain import (COLD_CODE_O1, DETERMINISTIC_FP, NO_AMX, PATCHES, TOOLS, Progress, apply_patches,
                                       build_key, cmake_args, configured_compilers, configured_toolchain, describe,
-                                      format_seconds, libstdcxx_linkage, parse_progress, run_logged)
+                                      format_seconds, libstdcxx_linkage, parse_progress, run_with_progress)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -186,7 +186,7 @@ def test_a_build_step_logs_everything_and_shows_a_summary(tmp_path):
     console = io.StringIO()
     progress = Progress(console, "llama.cpp", "build.log", every=0.2)
     with open(tmp_path / "build.log", "w") as log:
-        status = run_logged([sys.executable, "-c", script], log, progress, poll=0.05)
+        status = run_with_progress([sys.executable, "-c", script], log, progress, poll=0.05)
     assert status == 0
     logged = (tmp_path / "build.log").read_text().splitlines()
     assert len(logged) == 60 and logged[-2] == "[30/30] Building CXX object x/f30.cpp.o"
@@ -194,7 +194,7 @@ def test_a_build_step_logs_everything_and_shows_a_summary(tmp_path):
     assert 1 <= len(shown) < 15 and all(line.endswith("(log: build.log)") for line in shown)
     assert all(re.match(r"llama\.cpp: \[\d+/30\] Building CXX object f\d+\.cpp\.o", line) for line in shown)
     with open(tmp_path / "fail.log", "w") as log:
-        assert run_logged([sys.executable, "-c", "raise SystemExit(3)"], log, progress) == 3
+        assert run_with_progress([sys.executable, "-c", "raise SystemExit(3)"], log, progress) == 3
 
 
 @pytest.mark.parametrize("toolchain", [None, {}, {"backend": "cuda", "cmake_args": ["-DGGML_NATIVE=OFF"],

@@ -297,7 +297,7 @@ class Progress:
         self.say(f"{what} {'done' if ok else 'FAILED'} in {format_seconds(self.clock() - self.started)}")
 
 
-def run_logged(cmd: list[str], log, progress: Progress | None = None, poll: float = 1.0) -> int:
+def run_with_progress(cmd: list[str], log, progress: Progress | None = None, poll: float = 1.0) -> int:
     """Run ``cmd`` with its output to ``log``; feed each line to ``progress``, which also gets a tick
     every ``poll`` seconds so a long silent compile still shows a progress line. Returns the exit status."""
     if progress is None:
@@ -384,7 +384,7 @@ def ensure_build(version: str, backend: str, extra_args: list[str], jobs: int, l
             if console:
                 console.start(f"{step} ({generator[1] if generator else 'make'}, {jobs} jobs) of {root}"
                               if step == "build" else f"{step} of {root.name}")
-            status = run_logged(cmd, log, console)
+            status = run_with_progress(cmd, log, console)
             if console:
                 console.end(step, status == 0)
             if status != 0:
