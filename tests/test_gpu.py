@@ -82,6 +82,7 @@ def test_a_local_llama_cpp_tree_must_be_of_the_pinned_version(tmp_path):
     (tree / "ggml/src/CMakeLists.txt").write_text("add_library(ggml-base)\n")
     (tree / "common").mkdir()
     (tree / "common/log.cpp").write_text("// log\n")
+    (tree / "CMakeLists.txt").write_text("add_subdirectory(common)\n")
     (tree / ".forge-commit").write_text("0c1e57098bba43ac29e6e3b677cdceebdd22334f\n")
     (tree / ".forge-version").write_text("0.3.35\n")
     with pytest.raises(UserError, match=f"{LOCAL_SOURCE_ENV}=.*0.3.36.*found 0.3.35"):
@@ -89,6 +90,7 @@ def test_a_local_llama_cpp_tree_must_be_of_the_pinned_version(tmp_path):
     (tree / ".forge-version").write_text("0.3.36\n")
     assert _copy_llama_cpp(tree, "0.3.36", tmp_path / "src") == "0c1e57098bba43ac29e6e3b677cdceebdd22334f"
     assert "-ffp-contract=off" in (tmp_path / "src/ggml/src/CMakeLists.txt").read_text()  # patched like the sdist
+    assert "llama-common cpp-httplib" in (tmp_path / "src/CMakeLists.txt").read_text()
     assert (tmp_path / "src/.forge-commit").read_text().startswith("0c1e570")
 
 
