@@ -198,17 +198,20 @@ def fallback_chain(model):
     to be made. Verdicts are a checkpoint: Snakemake re-evaluates the callers once they exist, and
     every chain is followed as far as it is known, so the verdicts of all quants are asked at once.
     """
-    plan, pending = MODELS[model], []
+    plan, pending, known = MODELS[model], [], {}
 
     def verdict_of(build):
-        try:
-            path = checkpoints.verdict.get(model=model, build=build).output[0]
-        except IncompleteCheckpointException as missing:
-            if all(missing.targetfile != known.targetfile for known in pending):
+        """Each build's verdict looked up once: the chain and what ships ask for the same ones."""
+        if build not in known:
+            try:
+                path = checkpoints.verdict.get(model=model, build=build).output[0]
+            except IncompleteCheckpointException as missing:
                 pending.append(missing)
-            return None
-        with open(path) as handle:
-            return json.load(handle)["verdict"]
+                known[build] = None
+                return None
+            with open(path) as handle:
+                known[build] = json.load(handle)["verdict"]
+        return known[build]
 
     tried = fallback.tries(plan.remedies, verdict_of)
     ships = fallback.ships(tried, verdict_of)
