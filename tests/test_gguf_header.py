@@ -4,7 +4,7 @@ import pytest
 
 from tests.stub_sources import small_gguf
 from workflow_scripts.errors import UserError
-from workflow_scripts.gguf_header import check_gguf_file, gguf_data_end
+from workflow_scripts.gguf_header import StringArray, check_gguf_file, read_gguf_header
 
 
 def test_not_a_gguf_is_refused_naming_the_file(tmp_path):
@@ -20,8 +20,39 @@ def test_header_scan_finds_where_the_data_ends_as_gguf_py_does(tmp_path, smollm2
     from gguf import GGUFReader
 
     small = small_gguf(tmp_path / "small.gguf")
-    assert gguf_data_end(small) == max(t.data_offset + t.n_bytes for t in GGUFReader(small).tensors)
-    assert gguf_data_end(smollm2_gguf) == smollm2_gguf.stat().st_size  # 49k-token tokenizer arrays stepped over
+    assert read_gguf_header(small).data_end == max(t.data_offset + t.n_bytes for t in GGUFReader(small).tensors)
+    # 49k-token tokenizer arrays stepped over
+    assert read_gguf_header(smollm2_gguf).data_end == smollm2_gguf.stat().st_size
+
+
+def test_header_reads_what_gguf_py_reads(smollm2_gguf):
+    """Metadata, tensor names, types, shapes, offsets and data, against gguf-py's own reader."""
+    import numpy as np
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    header, reader = read_gguf_header(smollm2_gguf), GGUFReader(smollm2_gguf)
+    fields = {key: field.contents() for key, field in reader.fields.items() if not key.startswith("GGUF.")}
+    assert set(header.metadata) == set(fields)
+    for key, value in fields.items():
+        got = header.metadata[key]
+        if isinstance(got, StringArray):
+            assert len(got) == len(value) == (49152 if key == "tokenizer.ggml.tokens" else len(value))
+        else:
+            assert got == pytest.approx(value), key
+    assert header.metadata["general.architecture"] == "llama"
+    assert list(header.tensors) == [t.name for t in reader.tensors]
+    for tensor in reader.tensors:
+        entry = header.tensors[tensor.name]
+        assert (entry.type, entry.shape, entry.offset, entry.n_bytes, entry.n_elements) == (
+            tensor.tensor_type, tuple(int(d) for d in tensor.shape), tensor.data_offset, tensor.n_bytes,
+            tensor.n_elements)
+    for name in ("token_embd.weight", "blk.0.attn_q.weight", "blk.0.attn_norm.weight"):
+        entry = header.tensors[name]
+        tensor = next(t for t in reader.tensors if t.name == name)
+        rows = header.rows(entry)
+        assert rows.shape[0] == entry.n_elements // entry.shape[0]
+        assert np.array_equal(dequantize(rows, entry.type).ravel(), dequantize(tensor.data, tensor.tensor_type).ravel())
 
 
 @pytest.mark.parametrize("keep", [0.95, 0.3])  # cut in the tensor data / cut in the header

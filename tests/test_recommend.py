@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from workflow_scripts.llama_tools import parse_bench_json
-from workflow_scripts.memory_fit import fits, predict
+from workflow_scripts.memory_fit import fits, model_shape, predict
 from workflow_scripts.recommend import DEFAULT_TIE_FLOOR_PCT, main, speed_report
 
 FIXTURES = Path(__file__).parent / "fixtures" / "bench"
@@ -28,6 +28,16 @@ def test_parse_llama_bench_json():
 
 
 SHAPE = {"layers": 30, "kv_heads": 3, "key_length": 64, "value_length": 64, "vocab": 49152, "tensor_bytes": 100_000_000}
+
+
+def test_model_shape_reads_smollm2_135m_as_its_model_card_describes_it(smollm2_gguf):
+    """SmolLM2-135M: 30 layers, 9 query and 3 key/value heads of 64, a 49,152-token vocabulary."""
+    shape = model_shape(smollm2_gguf)
+    assert {k: shape[k] for k in ("layers", "kv_heads", "key_length", "value_length", "vocab")} == {
+        "layers": 30, "kv_heads": 3, "key_length": 64, "value_length": 64, "vocab": 49152}
+    # Q4_1 stores 32 weights in 20 bytes (0.625 B/weight); of the 134.5 M parameters, norms in F32
+    # and a few tensors in wider types make it a little more.
+    assert 0.625 * 134.5e6 < shape["tensor_bytes"] < 0.75 * 134.5e6
 
 
 def test_memory_prediction_counts_kv_cache_and_offload():

@@ -198,7 +198,7 @@ def check_overlap(calibration: str, evaluation: str, limit: float, where: str, s
 def _check_source(model_source: dict, field: str, source_name: str, base: Path, cache: dict) -> dict:
     """The source with its path resolved, after a header-only check of its files (once per path):
     a damaged or cut-short download is refused before any job starts."""
-    from workflow_scripts.gguf_header import check_gguf_header, resolve_gguf_path
+    from workflow_scripts.gguf_header import read_gguf_header, resolve_gguf_path
     from workflow_scripts.hf_dir import check_hf_source
 
     source = dict(model_source)
@@ -212,7 +212,7 @@ def _check_source(model_source: dict, field: str, source_name: str, base: Path, 
         path = base / resolve_gguf_path(source) if source["type"] == "gguf" else base / source["path"]
         if ("source", path) not in cache:
             if source["type"] == "gguf":
-                check_gguf_header(path)
+                read_gguf_header(path)
             else:
                 check_hf_source(path, source.get("allow_pickle", False))
             cache["source", path] = True

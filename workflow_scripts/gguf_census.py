@@ -55,11 +55,10 @@ class Recipe:
 
 def read_tensor_types(gguf_path: Path) -> dict[str, TensorInfo]:
     """Every tensor of a GGUF with its type, shape (innermost first), bytes and element count."""
-    from gguf import GGUFReader
+    from workflow_scripts.gguf_header import read_gguf_header
 
-    reader = GGUFReader(gguf_path)
-    return {t.name: TensorInfo(t.tensor_type.name, tuple(int(d) for d in t.shape), int(t.n_bytes),
-                               int(t.n_elements)) for t in reader.tensors}
+    return {t.name: TensorInfo(t.type.name, t.shape, t.n_bytes, t.n_elements)
+            for t in read_gguf_header(gguf_path).tensors.values()}
 
 
 def classify(name: str, info: TensorInfo, recipe: Recipe, base: str, fallbacks: dict,

@@ -1,5 +1,7 @@
-"""GGUF source files: where a ``gguf`` source's file is, and a header scan that refuses a file that
-is not a GGUF or is shorter than its header says, cheap enough to run when the workflow is planned.
+"""GGUF headers: where a ``gguf`` source's file is, and a one-pass header reader (metadata, tensor
+names, types, shapes and offsets) that refuses a file that is not a GGUF or is shorter than its
+header says. Cheap enough to run when the workflow is planned and in every job that needs only the
+header; tensor data is memory-mapped row by row on demand.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ import importlib.util
 import math
 import mmap
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,16 +40,53 @@ def resolve_gguf_path(source: dict[str, Any]) -> Path:
     return path
 
 
-def gguf_data_end(path: Path | str) -> int:
-    """Byte where a GGUF's tensor data ends, as its header says, reading the header only.
+@dataclass(frozen=True)
+class TensorEntry:
+    """One tensor as the GGUF header describes it (no data read)."""
 
-    gguf-py's reader parses every metadata value (seconds for a large tokenizer); this only steps
-    over them, so every source can be checked when the workflow is planned. Raises ValueError,
-    KeyError or struct.error on a header that is cut short or makes no sense.
-    """
+    name: str
+    shape: tuple[int, ...]  # innermost (row length) first, as GGUF stores it and gguf-py reports it
+    type: Any  # gguf.GGMLQuantizationType
+    offset: int  # absolute byte where the tensor's data starts
+    n_elements: int
+    n_bytes: int
+
+
+@dataclass(frozen=True)
+class StringArray:
+    """A metadata array of strings (a tokenizer's tokens or merges), stepped over: only its length."""
+
+    count: int
+
+    def __len__(self) -> int:
+        return self.count
+
+
+@dataclass(frozen=True)
+class GGUFHeader:
+    """What a GGUF says about itself: metadata (scalars and strings as Python values, number arrays
+    as lists, string arrays by length) and tensors by name, in file order. Reading it costs
+    milliseconds whatever the vocabulary (gguf-py's reader parses every token: seconds)."""
+
+    path: Path
+    metadata: dict[str, Any]
+    tensors: dict[str, TensorEntry]
+    data_end: int  # byte where the last tensor's data ends
+
+    def rows(self, tensor: TensorEntry) -> np.ndarray:
+        """The tensor's stored data, memory-mapped, one matrix row per row (bytes for block types),
+        as gguf.quants.dequantize takes it; nothing is read until the rows are used."""
+        row_bytes = tensor.n_bytes * tensor.shape[0] // tensor.n_elements
+        return np.memmap(self.path, dtype=np.uint8, mode="r", offset=tensor.offset,
+                         shape=(tensor.n_bytes // row_bytes, row_bytes))
+
+
+def parse_gguf_header(path: Path | str) -> GGUFHeader:
+    """The header of a GGUF, read with one pass over its bytes. Raises ValueError, KeyError or
+    struct.error on a header that is cut short or makes no sense (``read_gguf_header`` words them)."""
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueType
 
-    scalar_sizes = {vtype: np.dtype(dtype).itemsize for vtype, dtype in GGUFReader.gguf_scalar_to_np.items()}
+    scalar_types = {vtype: np.dtype(dtype) for vtype, dtype in GGUFReader.gguf_scalar_to_np.items()}
     with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf:
         pos = 0
 
@@ -56,66 +96,79 @@ def gguf_data_end(path: Path | str) -> int:
             pos += layout.size
             return values
 
-        def skip(length: int) -> None:
+        def take_bytes(length: int) -> bytes:
             nonlocal pos
             if pos + length > len(buf):
                 raise ValueError(f"a value at byte {pos} runs past the end of the file")
             pos += length
+            return buf[pos - length:pos]
 
-        def skip_values(vtype: int, count: int = 1) -> None:
+        def take_string() -> str:
+            return take_bytes(take(U64)[0]).decode("utf-8", errors="replace")
+
+        def take_value(vtype: int) -> Any:
             if vtype == GGUFValueType.STRING:
-                for _ in range(count):
-                    skip(take(U64)[0])
-            elif vtype == GGUFValueType.ARRAY:
-                for _ in range(count):
-                    skip_values(*take(TYPE_AND_COUNT))
-            else:
-                skip(scalar_sizes[GGUFValueType(vtype)] * count)
+                return take_string()
+            if vtype == GGUFValueType.ARRAY:
+                item_type, count = take(TYPE_AND_COUNT)
+                if item_type == GGUFValueType.STRING:
+                    for _ in range(count):
+                        take_bytes(take(U64)[0])
+                    return StringArray(count)
+                if item_type == GGUFValueType.ARRAY:
+                    return [take_value(GGUFValueType.ARRAY) for _ in range(count)]
+                dtype = scalar_types[GGUFValueType(item_type)]
+                return np.frombuffer(take_bytes(dtype.itemsize * count), dtype=dtype).tolist()
+            dtype = scalar_types[GGUFValueType(vtype)]
+            return np.frombuffer(take_bytes(dtype.itemsize), dtype=dtype)[0].item()
 
         _, version, n_tensors, n_kv = take(GGUF_HEADER)
         if version not in (2, 3):
             raise ValueError(f"GGUF version {version}; expected 2 or 3")
-        alignment = 32
+        metadata = {}
         for _ in range(n_kv):
-            (length,) = take(U64)
-            key = bytes(buf[pos:pos + length])
-            skip(length)
-            (vtype,) = take(U32)
-            if key == b"general.alignment" and vtype == GGUFValueType.UINT32:
-                (alignment,) = take(U32)
-            else:
-                skip_values(vtype)
-        if alignment == 0:
-            raise ValueError("general.alignment is 0")
-        end = 0
+            key = take_string()
+            metadata[key] = take_value(take(U32)[0])
+        alignment = metadata.get("general.alignment", 32)
+        if not isinstance(alignment, int) or alignment <= 0:
+            raise ValueError(f"general.alignment is {alignment!r}")
+        infos = []
         for _ in range(n_tensors):
-            skip(take(U64)[0])
-            dims = take(struct.Struct(f"<{take(U32)[0]}Q"))
+            name = take_string()
+            shape = take(struct.Struct(f"<{take(U32)[0]}Q"))
             ttype, offset = take(TYPE_AND_COUNT)
-            block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(ttype)]
-            end = max(end, offset + math.prod(dims) // block * type_size)
-        return -(-pos // alignment) * alignment + end if n_tensors else pos  # no padding without data
+            infos.append((name, shape, GGMLQuantizationType(ttype), offset))
+        start = -(-pos // alignment) * alignment if n_tensors else pos  # no padding without data
+    tensors = {}
+    for name, shape, ttype, offset in infos:
+        block, type_size = GGML_QUANT_SIZES[ttype]
+        n_elements = math.prod(shape)
+        tensors[name] = TensorEntry(name, tuple(shape), ttype, start + offset, n_elements, n_elements // block * type_size)
+    data_end = max((t.offset + t.n_bytes for t in tensors.values()), default=pos)
+    return GGUFHeader(Path(path), metadata, tensors, data_end)
 
 
-def check_gguf_header(path: Path | str) -> None:
-    """Refuse a file that is not a GGUF, or one shorter than its header says (a download cut
-    short is the usual damage and reads as garbage otherwise); header only, cheap."""
+def read_gguf_header(path: Path | str) -> GGUFHeader:
+    """The header of a complete GGUF; UserError naming the file if it is not a GGUF, its header
+    is damaged, or the file is shorter than its header says (a download cut short is the usual
+    damage and reads as garbage otherwise). Header only: cheap enough to run at plan time."""
     path = Path(path)
     with open(path, "rb") as handle:
         magic = handle.read(4)
     if magic != GGUF_MAGIC:
         raise UserError(f"{path}: not a GGUF file (starts with {magic!r}, expected b'GGUF')")
     try:
-        end = gguf_data_end(path)
+        header = parse_gguf_header(path)
     except struct.error:
         raise UserError(f"{path}: damaged or truncated GGUF header (the file ends inside it); "
                         "expected a complete GGUF file") from None
     except (ValueError, KeyError) as err:
         raise UserError(f"{path}: damaged or truncated GGUF header ({err}); expected a complete GGUF file") from None
     size = path.stat().st_size
-    if end > size:
-        raise UserError(f"{path}: truncated GGUF: its header says the tensor data ends at byte {end}, "
+    if header.data_end > size:
+        raise UserError(f"{path}: truncated GGUF: its header says the tensor data ends at byte {header.data_end}, "
                         f"the file has {size} bytes; expected the complete file (download or copy it again)")
+    return header
 
 
 def check_gguf_file(path: Path | str):
@@ -125,7 +178,7 @@ def check_gguf_file(path: Path | str):
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: GGUF file does not exist")
-    check_gguf_header(path)
+    read_gguf_header(path)
     try:
         return GGUFReader(path)
     except Exception as err:  # gguf-py raises plain ValueError/IndexError on damaged headers

@@ -26,30 +26,29 @@ GB = 1e9
 
 def model_shape(gguf: Path) -> dict[str, int]:
     """Layers, heads, head sizes, vocabulary and tensor bytes, read from the GGUF's metadata."""
-    from gguf import GGUFReader
+    from workflow_scripts.gguf_header import read_gguf_header
 
-    reader = GGUFReader(gguf)
+    header = read_gguf_header(gguf)
 
     def field(key: str, default: int | None = None) -> int:
-        found = reader.fields.get(key)
-        if found is None:
+        value = header.metadata.get(key)
+        if value is None:
             if default is None:
                 raise ValueError(f"{gguf}: metadata key {key} missing")
             return default
-        value = found.contents()
         return int(max(value) if isinstance(value, list) else value)  # per-layer lists: the largest
 
-    arch = reader.fields["general.architecture"].contents()
+    arch = header.metadata["general.architecture"]
     n_embd, n_head = field(f"{arch}.embedding_length"), field(f"{arch}.attention.head_count")
     head_dim = n_embd // n_head
-    tokens = reader.fields.get("tokenizer.ggml.tokens")
+    tokens = header.metadata.get("tokenizer.ggml.tokens")
     return {
         "layers": field(f"{arch}.block_count"),
         "kv_heads": field(f"{arch}.attention.head_count_kv", n_head),
         "key_length": field(f"{arch}.attention.key_length", head_dim),
         "value_length": field(f"{arch}.attention.value_length", head_dim),
-        "vocab": len(tokens.data) if tokens is not None else 0,
-        "tensor_bytes": sum(int(t.n_bytes) for t in reader.tensors),
+        "vocab": len(tokens) if tokens is not None else 0,
+        "tensor_bytes": sum(t.n_bytes for t in header.tensors.values()),
     }
 
 

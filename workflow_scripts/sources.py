@@ -17,7 +17,7 @@ from typing import Any
 from workflow_scripts.atomic import atomic_write_text
 from workflow_scripts.checksums import sha256_file
 from workflow_scripts.errors import UserError, run_cli
-from workflow_scripts.gguf_header import check_gguf_file, resolve_gguf_path
+from workflow_scripts.gguf_header import read_gguf_header, resolve_gguf_path
 from workflow_scripts.hf_dir import check_hf_source
 from workflow_scripts.hub import fetch_hub
 
@@ -42,7 +42,7 @@ def source_manifest(source: dict[str, Any], dest: Path | str | None = None) -> d
     manifest: dict[str, Any] = {"type": kind, "source": source}
     if kind == "gguf":
         path = resolve_gguf_path(source)
-        check_gguf_file(path)
+        read_gguf_header(path)
         if "path" in source:
             manifest["identity"] = {"path": str(path)}
         else:

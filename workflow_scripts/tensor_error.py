@@ -25,39 +25,34 @@ from workflow_scripts.errors import UserError, run_cli
 CHUNK_ELEMENTS = 1 << 22
 
 
-def _rows(tensor) -> np.ndarray:
-    """The tensor's stored data as one row per matrix row (bytes for quantized types)."""
-    data = tensor.data
-    return data.reshape(-1, data.shape[-1]) if data.ndim > 1 else data.reshape(1, -1)
-
-
 def tensor_errors(quant: Path, reference: Path) -> list[dict[str, Any]]:
     """Relative RMS and max absolute error of every quantized tensor of ``quant`` against ``reference``."""
-    from gguf import GGUFReader
     from gguf.quants import dequantize
 
-    ref = {t.name: t for t in GGUFReader(reference).tensors}
+    from workflow_scripts.gguf_header import read_gguf_header
+
+    quant_header, ref_header = read_gguf_header(quant), read_gguf_header(reference)
     found = []
-    for tensor in GGUFReader(quant).tensors:
-        base = ref.get(tensor.name)
+    for tensor in quant_header.tensors.values():
+        base = ref_header.tensors.get(tensor.name)
         if base is None:
             raise UserError(f"{quant}: tensor {tensor.name} is not in the reference {reference}")
         if int(base.n_elements) != int(tensor.n_elements):
             raise UserError(f"{quant}: tensor {tensor.name} has {tensor.n_elements} elements, the reference {reference} "
                             f"{base.n_elements}")
-        if tensor.tensor_type == base.tensor_type:
+        if tensor.type == base.type:
             continue
-        q_rows, r_rows = _rows(tensor), _rows(base)
-        step = max(1, CHUNK_ELEMENTS // max(1, int(tensor.n_elements) // len(q_rows)))
+        q_rows, r_rows = quant_header.rows(tensor), ref_header.rows(base)
+        step = max(1, CHUNK_ELEMENTS // tensor.shape[0])
         err2 = ref2 = max_abs = 0.0
         for start in range(0, len(q_rows), step):
-            got = dequantize(q_rows[start:start + step], tensor.tensor_type).astype(np.float64).ravel()
-            want = dequantize(r_rows[start:start + step], base.tensor_type).astype(np.float64).ravel()
+            got = dequantize(q_rows[start:start + step], tensor.type).astype(np.float64).ravel()
+            want = dequantize(r_rows[start:start + step], base.type).astype(np.float64).ravel()
             diff = got - want
             err2 += float(diff @ diff)
             ref2 += float(want @ want)
             max_abs = max(max_abs, float(np.abs(diff).max()))
-        found.append({"name": tensor.name, "type": tensor.tensor_type.name, "n_elements": int(tensor.n_elements),
+        found.append({"name": tensor.name, "type": tensor.type.name, "n_elements": tensor.n_elements,
                       "rel_rms": (err2 / ref2) ** 0.5 if ref2 else 0.0, "max_abs": max_abs})
     return found
 
