@@ -37,6 +37,7 @@ rule tokenizer_parity:
         "results/benchmarks/tokenizer_parity/{model}.tsv"
     params:
         reference=parity_reference,
+        verify=verify_options("gguf"),
     shell:
-        "python -m workflow_scripts.tokenizer_parity --gguf {input.gguf} {params.reference}"
+        "python -m workflow_scripts.tokenizer_parity --gguf {input.gguf} {params.reference} {params.verify}"
         " --text {input.text} --stamp {input.stamp} --out {output.report} > {log} 2>&1"

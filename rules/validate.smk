@@ -139,6 +139,7 @@ checkpoint verdict:
 rule validation_report:
     input:
         reference="results/{model}/validate/reference.json",
+        sanity="results/{model}/validate/reference.sanity.json",
         verdicts=model_verdicts,
     output:
         "results/{model}/validation_report.json",
@@ -150,7 +151,7 @@ rule validation_report:
         attempts=attempts_json,
     shell:
         "python -m workflow_scripts.validate report --model {wildcards.model} --reference {input.reference}"
-        " --verdicts {input.verdicts} --attempts-json {params.attempts:q} --out {output} > {log} 2>&1"
+        " --sanity {input.sanity} --verdicts {input.verdicts} --attempts-json {params.attempts:q} --out {output} > {log} 2>&1"
 
 
 rule quality_table:

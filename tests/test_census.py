@@ -101,3 +101,29 @@ def test_preflight_refuses_an_output_type_llama_quantize_would_abort_on(tiny_f16
     with pytest.raises(UserError, match="token_embedding_type"):
         preflight(tiny_f16, Recipe("Q4_K_M", token_embedding_type="IQ4_XS"))
     preflight(tiny_f16, Recipe("Q4_K_M", [("attn_v", "Q6_K")], "Q8_0", "Q8_0"))  # overrides fall back: fine
+
+
+@pytest.mark.toolchain
+def test_preflight_refuses_a_type_llama_quantize_has_no_row_fallback_for(tiny_f16):
+    # Q1_0 (blocks of 128) has no fallback type in the pinned llama.cpp: on the tiny model's rows of
+    # 64 values llama-quantize aborted ("no tensor type fallback is defined for type q1_0").
+    with pytest.raises(UserError, match=r"^quants: Q1_0 needs rows that are a multiple of 128 values and llama.cpp "
+                                        r"has no fallback type for it, but token_embd.weight of tiny-F16.gguf has 64 "
+                                        r"\(13 tensor\(s\) in all\)"):  # ffn_down (128 wide) fits
+        preflight(tiny_f16, Recipe("Q1_0"))
+    preflight(tiny_f16, Recipe("Q1_0", [(".", "Q8_0")], token_embedding_type="Q8_0"))  # every matrix overridden
+    preflight(tiny_f16, Recipe("Q2_K"))  # falls back per tensor: fine
+
+
+def test_a_matrix_copied_in_the_file_types_own_type_is_requested():
+    """llama-quantize prints no "converting to" for a tensor already of the type asked: an F16 file
+    of an F16 reference is all copies, and its matrices are what was requested."""
+    from workflow_scripts.gguf_census import TensorInfo, classify
+    from workflow_scripts.llama_tools import TensorLine
+
+    copied = {"blk.0.attn_q.weight": TensorLine("blk.0.attn_q.weight", (64, 64), "F16", None),
+              "blk.0.attn_norm.weight": TensorLine("blk.0.attn_norm.weight", (64,), "F32", None)}
+    matrix, norm = TensorInfo("F16", (64, 64), 8192, 4096), TensorInfo("F32", (64,), 256, 64)
+    assert classify("blk.0.attn_q.weight", matrix, Recipe("F16"), "F16", {}, copied) == ("requested", {})
+    assert classify("blk.0.attn_norm.weight", norm, Recipe("F16"), "F16", {}, copied) == ("not_quantized", {})
+    assert classify("blk.0.attn_q.weight", matrix, Recipe("Q8_0"), "Q8_0", {}, copied) == ("not_quantized", {})

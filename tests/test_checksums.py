@@ -1,3 +1,4 @@
+import hashlib
 import subprocess
 
 import pytest
@@ -11,7 +12,7 @@ def test_sidecar_round_trip_and_sha256sum_format(tmp_path):
     a = tmp_path / "a.gguf"
     a.write_bytes(b"GGUF" + bytes(range(256)) * 10)
     digest = write_sidecar(a)
-    assert digest == sha256_file(a) == read_sidecar(a)
+    assert digest == hashlib.sha256(a.read_bytes()).hexdigest() == sha256_file(a) == read_sidecar(a)
     # The sidecar is what `sha256sum -c` reads.
     subprocess.run(["sha256sum", "-c", a.name + ".sha256"], cwd=tmp_path, check=True, capture_output=True)
 
@@ -52,7 +53,7 @@ def test_sha256sums_is_sorted_and_checkable(tmp_path):
 
 def test_atomic_output_leaves_nothing_when_the_writer_fails(tmp_path):
     final = tmp_path / "out.gguf"
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="^killed$"):
         with atomic_output(final) as tmp:
             tmp.write_bytes(b"half a file")
             raise RuntimeError("killed")

@@ -174,6 +174,40 @@ def test_top_level_must_be_a_mapping():
         build_plan(["models"], "c.yaml")
 
 
+def test_an_alias_bomb_is_refused_in_bounded_time_before_anything_walks_it():
+    """Loaded as Snakemake loads it, 544 bytes of YAML hold 9**9 strings by reference: the walk
+    stops when its budget is spent, long before the schema validation would write them out."""
+    import time
+
+    import yaml
+
+    from tests.test_user_errors import alias_bomb
+    from workflow_scripts.config import check_config_size
+
+    config = yaml.load(alias_bomb(), Loader=yaml.FullLoader)
+    start = time.perf_counter()
+    with pytest.raises(UserError, match=r"^c.yaml: models\[0\]\.note\[8\]\[8\]\[8\]\[8\].*: too large to check"):
+        check_config_size(config, "c.yaml")
+    assert time.perf_counter() - start < 5
+
+
+def test_deep_nesting_and_huge_strings_are_refused():
+    from tests.test_user_errors import nested
+
+    with pytest.raises(UserError, match=r"^c.yaml: models\[0\]\.note(\[0\]){14}: nested more than 16 levels deep"):
+        build_plan({"models": [{"name": "m", "note": nested(20)}]}, "c.yaml")
+    with pytest.raises(UserError, match=r"^c.yaml: models\[0\]\.note: too large to check"):
+        build_plan({"models": [{"name": "m", "note": "x" * 2_000_000}]}, "c.yaml")
+    with pytest.raises(UserError, match=r"^c.yaml: variants: too large to check"):  # a key is a string too
+        build_plan({"variants": {"v" * 2_000_000: {"type": "Q8_0"}}}, "c.yaml")
+
+
+def test_aliases_within_the_budget_are_fine(base):
+    shared = {"tensor_types": {"attn_v": "Q8_0"}, "output_tensor_type": "Q8_0"}
+    base["quant_options"] = {"Q4_K_M": shared, "Q5_K_M": shared}  # what a YAML alias loads as
+    assert build_plan(base, "c.yaml").models["a"].builds["Q5_K_M"].args[:2] == ("--tensor-type", "attn_v=Q8_0")
+
+
 def test_config_reference_is_generated_from_the_current_schema():
     from pathlib import Path
 

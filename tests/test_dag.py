@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from snakemake_interface_common.exceptions import WorkflowError
 
 from tests.dag import planned_jobs, planned_resources
 from tests.stub_sources import EMPTY_GGUF, write_hf_dir
@@ -65,8 +66,9 @@ def test_bad_config_fails_before_any_job_with_the_field_named(tmp_path, change, 
     if "quants" in change:
         for model in config["models"]:
             model.pop("quants")
-    with pytest.raises(Exception) as err:
+    with pytest.raises(WorkflowError) as err:
         _plan(tmp_path, config)
+    assert str(err.value).startswith(f"invalid configuration: {tmp_path / 'config.yaml'} + ")
     assert message in str(err.value)
     assert not (tmp_path / "results").exists()
 

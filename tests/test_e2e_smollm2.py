@@ -168,7 +168,7 @@ def test_a_failed_quant_is_retried_with_its_sensitive_tensors_raised(demo):
     assert retry["bits_per_weight"] > first["bits_per_weight"] and retry["kld_mean"] < first["kld_mean"]
     census = json.loads(_quant(workdir, REMEDY).with_suffix(".census.json").read_text())
     assert census["tensor_types"]["blk.0.attn_v.weight"] == "Q8_0" and census["tensor_types"]["token_embd.weight"] == "Q8_0"
-    assert report["ships"]["IQ4_XS"] == (REMEDY if retry["verdict"] == "passed" else None)
+    assert retry["verdict"] == "passed" and report["ships"]["IQ4_XS"] == REMEDY
     # Per-tensor error against the reference: the retry lost less, and Q8_0 far less than either.
     errors = {name: report["quants"][name]["tensor_error"] for name in ("Q8_0", "IQ4_XS", REMEDY)}
     assert errors["Q8_0"]["rel_rms"] < errors[REMEDY]["rel_rms"] < errors["IQ4_XS"]["rel_rms"]
@@ -213,11 +213,17 @@ def test_shipped_builds_are_benchmarked_per_tier_and_recommended(demo):
         assert ref["measured"] and ref["tg_tps"] > 0 and ref["threads"] == min(os.cpu_count(), 4 if tier == "laptop-8gb" else 16)
         for build in shipped:
             row = speed["builds"][build]["tiers"][tier]
-            assert row["tg_speedup"] == pytest.approx(row["tg_tps"] / ref["tg_tps"], rel=1e-3)
+            measured = json.loads((workdir / "results" / MODEL / "speed" / tier / f"{build}.json").read_text())
+            assert row["tg_tps"] == measured["llama_bench"]["tg"]["tokens_per_s"]  # the measurement, not another
+            # Generation reads every weight per token: fewer bytes than F16 generate faster (seen on a
+            # quiet 2-core machine: Q8_0 1.3x, Q4_K_M 2.1x, Q3_K_M 2.9x).
+            assert row["tg_speedup"] > 1.0, (build, tier, row)
             # The memory prediction (KV cache at the tier's context allocated) is an upper bound of what the task touched.
             assert 0 < row["peak_rss_bytes"] < row["predicted_ram_bytes"]
             assert row["ttft_s"] < row["latency_s"] and row["fits"]
         assert speed["recommendations"][tier]["choice"] in shipped
+        speedup = {build: speed["builds"][build]["tiers"][tier]["tg_speedup"] for build in shipped}
+        assert speedup["Q8_0"] < speedup["Q4_K_M"] < speedup["Q3_K_M"], speedup
     assert speed["builds"]["Q8_0"]["size_reduction_pct"] > 45  # 8.5 vs 16 bits per weight
     card = (workdir / "results" / "package" / MODEL / "README.md").read_text()
     assert "## Which file for your hardware" in card and "**gpu-24gb**: not measured: GPU tier" in card
@@ -277,7 +283,7 @@ def test_a_gate_change_rejudges_without_remeasuring(demo):
     assert "## Not published" in (package / "README.md").read_text()
 
 
-def test_static_twin_is_compared_with_the_imatrix_build(demo):
+def test_static_twin_is_compared_with_the_imatrix_build(demo, tmp_path):
     workdir, _, _ = demo
     config = scenario("demo-static-twin", workdir / "static-twin")
     snakemake(workdir, config)
@@ -286,9 +292,24 @@ def test_static_twin_is_compared_with_the_imatrix_build(demo):
     assert static["build"] == {**imatrix["build"], "imatrix": False, "requested_as": "Q4_K_M-static"}
     fields = _gguf_fields(_quant(workdir, "Q4_K_M-static"))
     assert not any(key.startswith("quantize.imatrix") for key in fields)
-    check = report["invariants"]["imatrix_not_worse_than_static"]
-    assert check["checked"] == 1
-    assert bool(check["violations"]) == (imatrix["kld_mean"] > static["kld_mean"])
+    # Measured here: the imatrix build clearly better (mean KLD 0.039 against 0.068), no violation.
+    assert imatrix["kld_mean"] < 0.8 * static["kld_mean"]
+    assert report["invariants"]["imatrix_not_worse_than_static"] == {"checked": 1, "violations": []}
+    # The same report step on the same verdicts, but a static twin made better than the imatrix build.
+    verdicts = []
+    for build in (b for tried in report["attempts"].values() for b in tried):
+        entry = json.loads((workdir / "results" / MODEL / "validate" / f"{build}.verdict.json").read_text())
+        if build == "Q4_K_M-static":
+            entry["kld_mean"] = 0.001
+        verdicts.append(tmp_path / f"{build}.verdict.json")
+        verdicts[-1].write_text(json.dumps(entry))
+    out = tmp_path / "report.json"
+    subprocess.run([os.sys.executable, "-m", "workflow_scripts.validate", "report", "--model", MODEL, "--reference",
+                    str(workdir / "results" / MODEL / "validate" / "reference.json"), "--verdicts", *map(str, verdicts),
+                    "--attempts-json", json.dumps(report["attempts"]), "--out", str(out)], check=True)
+    violated = json.loads(out.read_text())["invariants"]["imatrix_not_worse_than_static"]
+    assert violated == {"checked": 1, "violations": [
+        f"Q4_K_M (imatrix) has mean KLD {imatrix['kld_mean']} > Q4_K_M-static (static, 0.001)"]}
 
 
 def _gguf_fields(path: Path) -> dict:

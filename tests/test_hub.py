@@ -209,3 +209,31 @@ def test_offline_mode_fetches_from_a_warm_cache(hub, tiny_files, tmp_path):
     assert cold.stderr.startswith(f"gguf-forge error: hf repository {REPO}@main: HF_HUB_OFFLINE is set and the "
                                   f"Hugging Face cache ({tmp_path / 'cold' / 'hub'}) does not hold this revision")
     assert_nothing_fetched(tmp_path / "cold-out")
+
+
+def test_hf_hub_cache_is_where_the_download_goes_and_what_offline_reads(hub, tiny_files, tmp_path):
+    """HF_HUB_CACHE set apart from HF_HOME: the blobs (named by their sha256, the stand-in's ETag)
+    and the branch's ref land there and nowhere in HF_HOME; the source files are those blobs, hard
+    linked; offline, that cache serves the revision, and a cache without it is named in the error."""
+    import hashlib
+
+    commit = hub.commit(REPO, tiny_files)
+    home, cache = tmp_path / "home", tmp_path / "elsewhere" / "hub-cache"
+    fetched(fetch(hub_env(hub, home, HF_HUB_CACHE=str(cache)), tmp_path / "online", "main"), tmp_path / "online")
+    repo = cache / "models--org--tiny"
+    blobs = {p.name: p for p in (repo / "blobs").iterdir()}
+    assert set(blobs) == {hashlib.sha256(data).hexdigest() for data in tiny_files.values()}
+    assert (repo / "refs" / "main").read_text() == commit
+    assert not (home / "hub").exists() and not [p for p in home.rglob("*") if p.is_file()]
+    for name, data in tiny_files.items():
+        fetched_file = tmp_path / "online" / "hf" / name
+        assert fetched_file.stat().st_ino == blobs[hashlib.sha256(data).hexdigest()].stat().st_ino, name
+    hub.stop()
+    offline = fetch(hub_env(hub, home, HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1"), tmp_path / "offline", "main")
+    assert fetched(offline, tmp_path / "offline")["resolved_revision"] == commit
+    empty = tmp_path / "empty-cache"
+    refused = fetch(hub_env(hub, home, HF_HUB_CACHE=str(empty), HF_HUB_OFFLINE="1"), tmp_path / "refused", "main")
+    assert refused.returncode == 2
+    assert refused.stderr.startswith(f"gguf-forge error: hf repository {REPO}@main: HF_HUB_OFFLINE is set and the "
+                                     f"Hugging Face cache ({empty}) does not hold this revision")
+    assert_nothing_fetched(tmp_path / "refused")

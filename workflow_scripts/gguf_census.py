@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 
 from workflow_scripts.errors import UserError
 from workflow_scripts.llama_tools import parse_quantize_fallbacks, parse_quantize_tensors
-from workflow_scripts.quant_types import expected_base_type
+from workflow_scripts.quant_types import NO_ROW_FALLBACK, block_size, expected_base_type
 
 CLASSES = ("requested", "recipe_mix", "override", "fallback", "not_quantized", "override_ignored")
 
@@ -53,6 +54,51 @@ class Recipe:
         return None
 
 
+# The parts of a pattern that llama.cpp's std::regex (ECMAScript, libstdc++) refuses or reads
+# otherwise than Python's re, which the census above matches with; one token at a time, so that
+# escapes and classes are skipped. Checked against libstdc++ when written.
+_REGEX_DIALECT = re.compile(r"""
+    (?P<upper>\\[A-Z])                                # \W: lower-cased by llama-quantize into \w
+  | (?P<bell>\\a)                                    # \a: a bell to Python, the letter a to std::regex
+  | \\.                                               # any other escape
+  | \[\^?(?P<empty_class>\])?(?:\\.|(?P<posix>\[[:.=])|[^\]])*\]   # a class
+  | (?P<group>\(\?[^:=!])                             # (?<=, (?P<, (?i), (?#, (?>
+  | (?P<possessive>(?:[*+?]|\{[0-9]+(?:,[0-9]*)?\})\+)  # a*+
+  | (?P<brace>(?:^|(?<=[(|]))\{|\{(?![0-9]+(?:,[0-9]*)?\}))  # a '{' that repeats nothing or is no {n,m}
+  | .""", re.VERBOSE | re.DOTALL)
+_DIALECT_PROBLEMS = {
+    "upper": "llama-quantize lower-cases the pattern, so \\W would become \\w; expected lower case",
+    "bell": "\\a is the bell character to Python but the letter a to llama.cpp's std::regex",
+    "empty_class": "a class opened by ']' is an empty class to llama.cpp's std::regex, not to Python",
+    "posix": "[:...:] in a class is a POSIX class to llama.cpp's std::regex, not to Python",
+    "group": "llama.cpp's std::regex (ECMAScript) knows only the groups (...), (?:...) and (?!...)",
+    "possessive": "a possessive repeat to Python, not to llama.cpp's std::regex",
+    "brace": "llama.cpp's std::regex refuses a '{' that is no {n}, {n,} or {n,m} repeat; expected \\{",
+}
+
+
+def tensor_pattern_problem(pattern: str) -> str | None:
+    """Why ``pattern`` would fail as ``--tensor-type PATTERN=TYPE``, or mean something else to
+    llama-quantize than to the census: llama-quantize splits PATTERN at the first '=', lower-cases
+    it and compiles it with std::regex; the census compiles the lower-cased text with Python's re."""
+    if not pattern:
+        return "an empty pattern is no tensor name"
+    if not (pattern.isascii() and pattern.isprintable()):
+        return "expected printable ASCII (tensor names are ASCII, and llama.cpp's std::regex reads bytes)"
+    if "=" in pattern:
+        return "llama-quantize takes what follows the first '=' as the type"
+    try:
+        with warnings.catch_warnings():  # Python's hints about future syntax ([[ ...): the dialect check below words them
+            warnings.simplefilter("ignore", FutureWarning)
+            re.compile(pattern.lower())
+    except re.error as err:
+        return f"not a regular expression ({err})"
+    for token in _REGEX_DIALECT.finditer(pattern):
+        if token.lastgroup:
+            return f"{token.group()!r}: {_DIALECT_PROBLEMS[token.lastgroup]}"
+    return None
+
+
 def read_tensor_types(gguf_path: Path) -> dict[str, TensorInfo]:
     """Every tensor of a GGUF with its type, shape (innermost first), bytes and element count."""
     from workflow_scripts.gguf_header import read_gguf_header
@@ -66,7 +112,9 @@ def classify(name: str, info: TensorInfo, recipe: Recipe, base: str, fallbacks: 
     """The class of one tensor and the details worth recording about it."""
     line = converted.get(name)
     if line is not None and line.target_type is None or (line is None and len(info.shape) == 1):
-        return "not_quantized", {}
+        # llama-quantize copies a matrix that already has the type asked (an F16 file of an F16
+        # reference): it is of the file type's own type, as requested.
+        return ("requested" if len(info.shape) > 1 and info.type == base else "not_quantized"), {}
     override = recipe.override_for(name)
     fallback = fallbacks.get(name)
     if override:
@@ -102,6 +150,21 @@ def preflight(reference: Path, recipe: Recipe) -> None:
                 f"quant_options.{recipe.quant}.{option}: {ttype.upper()} needs rows that are a multiple of "
                 f"{block} values, but {name} of {Path(reference).name} has {ncols}; llama-quantize would "
                 "abort. Choose a type whose block divides the row length (e.g. Q8_0, block 32)"
+            )
+    base = expected_base_type(recipe.quant)
+    if base in NO_ROW_FALLBACK:
+        # Every matrix gets the base type, except the output (Q8_0 where the row does not fit; the
+        # token embeddings stand for it when the model ties them) and what an override names.
+        output = "output.weight" if "output.weight" in tensors else "token_embd.weight"
+        block = block_size(base)
+        misfits = [name for name, info in tensors.items() if len(info.shape) > 1 and info.shape[0] % block
+                   and name != output and not recipe.override_for(name)]
+        if misfits:
+            raise UserError(
+                f"quants: {recipe.quant} needs rows that are a multiple of {block} values and llama.cpp has no "
+                f"fallback type for it, but {misfits[0]} of {Path(reference).name} has {tensors[misfits[0]].shape[0]} "
+                f"({len(misfits)} tensor(s) in all); llama-quantize would abort. Choose another quant type for this "
+                "model, or give those tensors another type (quant_options tensor_types)"
             )
 
 

@@ -17,6 +17,34 @@ from workflow_scripts.hf_dir import PICKLE_SUFFIXES
 SAFETENSORS_PATTERNS = ["*.safetensors", "*.json", "tokenizer.model", "*.tiktoken", "*.txt", "*.py"]
 PICKLE_PATTERNS = [f"*{s}" for s in PICKLE_SUFFIXES]
 COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
+# What git check-ref-format refuses in a branch or tag name: control characters, space, ~ ^ : ? * [ \,
+# '..', '@{', a leading '-' or '/', '//', a trailing '/' or '.', a part that starts with '.' or
+# ends with '.lock', and '@' alone.
+NOT_IN_GIT_REF = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|^[-/]|//|[/.]$|(?:^|/)\.|\.lock(?:/|$)|^@$")
+
+
+def check_repo_id(repo_id: str, where: str) -> None:
+    """Refuse what huggingface_hub refuses as a repository id (at most 96 characters, no '--' or
+    '..', ...): the id names the repository's folder in the Hugging Face cache
+    (models--{owner}--{name}), where 'a--b/c' and 'a/b--c' would be one."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise UserError(f"{where}: {str(err).rstrip('.')}; expected a Hub repository id owner/name") from None
+
+
+def check_revision(revision: str, where: str) -> None:
+    """A commit sha or a branch or tag name by git's rules: a name becomes a file of the Hugging
+    Face cache (refs/{revision}, written by huggingface_hub and by remember_ref), so a revision such
+    as '../x' would address a path outside it."""
+    if COMMIT_SHA.fullmatch(revision):
+        return
+    if bad := NOT_IN_GIT_REF.search(revision):
+        raise UserError(f"{where}: {revision!r} is not a git branch or tag name ({bad.group()!r} at position "
+                        f"{bad.start()}); expected a 40-hex commit sha (recommended) or a branch or tag name")
 
 
 def hub_allow_patterns(allow_pickle: bool) -> list[str]:

@@ -6,6 +6,7 @@ hand, so the card cannot disagree with the files beside it.
 
 from __future__ import annotations
 
+import json
 import shlex
 
 import yaml
@@ -93,6 +94,24 @@ def _withheld(manifest: dict) -> list[str]:
     return lines
 
 
+def _sanity(manifest: dict) -> list[str]:
+    """The sanity rule, and the prompts on which the reference itself was empty or looped (they
+    could not discriminate), with a warning when that was every prompt."""
+    sanity = manifest.get("sanity")
+    if not sanity:
+        return []
+    line = (f"- Sanity: greedy continuations of {len(sanity['reference'])} fixed prompts, judged against the reference's: "
+            "a file fails a prompt where its output is empty and the reference's is not, or where its share of repeated "
+            f"4-token sequences is above both {sanity['max_repetition']} and the reference's + {sanity['repetition_margin']}.")
+    if sanity["not_discriminating"]:
+        line += " Could not discriminate: " + "; ".join(
+            f"prompt {item['prompt']} ({json.dumps(item['text'], ensure_ascii=False)}), {item['reason']}"
+            for item in sanity["not_discriminating"]) + "."
+    if sanity["warning"]:
+        line += f" **Warning**: {sanity['warning']}."
+    return [line]
+
+
 def _sentence(text: str) -> str:
     return text[:1].upper() + text[1:] + ("" if text.endswith(".") else ".")
 
@@ -119,6 +138,7 @@ def _how_made(manifest: dict) -> list[str]:
               f"{ev['reference_ppl']['ppl']:.3f} ± {ev['reference_ppl']['ppl_error']:.3f}. KLD is the mean Kullback-Leibler "
               "divergence of the quant's next-token distribution from the reference's (0 = identical); "
               "'same top' is the share of positions where both pick the same most likely token.",
+              *_sanity(manifest),
               "", "Commands, relative to the workflow's working directory:", "", "```"]
     lines += [shlex.join(entry["command"]) for entry in manifest["files"]]
     lines.append("```")

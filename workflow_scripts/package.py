@@ -118,6 +118,7 @@ def manifest(settings: dict, report: dict, speed: dict, stamp: dict, records: di
         "files": files,
         "withheld": withheld,
         "invariants": report["invariants"],
+        "sanity": report.get("sanity"),  # the reference's own result and the prompts that could not discriminate
         "reference_speed": speed["reference"],
         "speed_hosts": speed["hosts"],
         "recommendations": speed["recommendations"],
@@ -135,7 +136,8 @@ def split(stamp_path: Path, gguf: Path, directory: Path, max_mb: int) -> list[di
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise UserError(f"llama-gguf-split failed on {gguf}: {proc.stderr[-2000:]}")
-    found = sorted(directory.glob(f"{gguf.stem}-*-of-*.gguf"))
+    # llama-gguf-split's part names exactly: a looser glob would take build Q4_K_M-a-of-b's file for a part of Q4_K_M.
+    found = sorted(directory.glob(f"{gguf.stem}-{'[0-9]' * 5}-of-{'[0-9]' * 5}.gguf"))
     return [{"file": p.name, "sha256": sha256_file(p), "bytes": p.stat().st_size} for p in found]
 
 

@@ -31,6 +31,16 @@ IMATRIX_REQUIRED_QUANTS = frozenset(
 )
 IMATRIX_REQUIRED_TENSOR_TYPES = frozenset({"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS"})
 
+# Base types llama-quantize cannot give a tensor whose row length is not a multiple of their block:
+# tensor_type_fallback (src/llama-quant.cpp) has no fallback type for them and aborts the whole file
+# (Q1_0, block 128: any model whose hidden size is not a multiple of 128). Every other type with a
+# block over 32 values falls back to a type of 32-value blocks for such a tensor.
+NO_ROW_FALLBACK = frozenset({"Q1_0"})
+
+# File types whose base type is not what most tensors get: MXFP4_MOE gives MXFP4 only to MoE expert
+# tensors and Q8_0 to every other one (llama_tensor_get_type_impl), so a dense model's file is all Q8_0.
+ORDINARY_TYPE = {"MXFP4_MOE": "Q8_0"}
+
 
 def expected_base_type(quant: str) -> str:
     """The tensor type file type ``quant`` is named after; ValueError for a type not in QUANT_TYPES."""
@@ -38,6 +48,43 @@ def expected_base_type(quant: str) -> str:
         return BASE_TYPE[quant]
     except KeyError:
         raise ValueError(f"quant type {quant!r} is not known; expected one of {', '.join(QUANT_TYPES)}") from None
+
+
+def remedy_floor(quant: str) -> str:
+    """The tensor type a remedy must exceed to raise a tensor of file type ``quant``: its base type,
+    or the type its ordinary tensors get where that is higher (MXFP4_MOE: Q8_0, so that no remedy
+    lowers a dense tensor of it to Q6_K)."""
+    return ORDINARY_TYPE.get(quant, expected_base_type(quant))
+
+
+def unsupported_reason(quant: str) -> str | None:
+    """Why the workflow cannot make file type ``quant``, or None when it can.
+
+    The pinned llama-quantize makes every type in QUANT_TYPES; a type whose base type the installed
+    gguf-py does not know (Q2_0 in gguf 0.19.0, the newest on PyPI) makes a file that no later stage
+    can read: the census, the per-tensor error, the validation and the package all read it with gguf-py.
+    """
+    from importlib.metadata import version
+
+    from gguf import GGMLQuantizationType
+
+    base = expected_base_type(quant)
+    if base not in GGMLQuantizationType.__members__:
+        return (f"the pinned llama-quantize makes it, but the installed gguf-py (gguf {version('gguf')}) cannot read "
+                f"{base} tensors, so the workflow could not check, validate or package the file")
+    return None
+
+
+def supported_quant_types() -> tuple[str, ...]:
+    """The file types in QUANT_TYPES that the workflow can make, check and validate, in the schema's order."""
+    return tuple(q for q in QUANT_TYPES if unsupported_reason(q) is None)
+
+
+def block_size(tensor_type: str) -> int:
+    """Weights per block of a ggml tensor type (gguf-py's GGML_QUANT_SIZES)."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    return GGML_QUANT_SIZES[GGMLQuantizationType[tensor_type]][0]
 
 
 def bits_per_weight(tensor_type: str) -> float:

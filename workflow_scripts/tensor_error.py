@@ -23,12 +23,26 @@ from workflow_scripts.checksums import verify
 from workflow_scripts.errors import UserError, run_cli
 
 CHUNK_ELEMENTS = 1 << 22
+# block_q1_0 (ggml-common.h): ggml_half d, uint8_t qs[16]; weight j is d where bit j (lowest bit
+# first) is set, else -d (dequantize_row_q1_0 in ggml-quants.c). gguf 0.19.0 knows its size only.
+Q1_0_BLOCK = np.dtype([("d", "<f2"), ("qs", "u1", 16)])
+
+
+def dequantize(rows: np.ndarray, qtype) -> np.ndarray:
+    """``rows`` (one matrix row per row, bytes for block types) as float32, by gguf-py's
+    dequantization, or by the block layout for the types gguf-py cannot dequantize (Q1_0)."""
+    from gguf.quants import dequantize as gguf_dequantize
+
+    if qtype.name != "Q1_0":
+        return gguf_dequantize(rows, qtype)
+    blocks = np.ascontiguousarray(rows, dtype=np.uint8).view(Q1_0_BLOCK)
+    d = blocks["d"].astype(np.float32)[..., None]
+    signs = np.unpackbits(blocks["qs"], axis=-1, bitorder="little")
+    return np.where(signs == 1, d, -d).reshape(*blocks.shape[:-1], -1)
 
 
 def tensor_errors(quant: Path, reference: Path) -> list[dict[str, Any]]:
     """Relative RMS and max absolute error of every quantized tensor of ``quant`` against ``reference``."""
-    from gguf.quants import dequantize
-
     from workflow_scripts.gguf_header import read_gguf_header
 
     quant_header, ref_header = read_gguf_header(quant), read_gguf_header(reference)

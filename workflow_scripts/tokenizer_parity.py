@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from workflow_scripts.atomic import atomic_write_text
+from workflow_scripts.checksums import verify
 from workflow_scripts.errors import UserError, run_cli
 
 EDGE_CASES = (
@@ -154,8 +155,11 @@ def main(argv: list[str] | None = None) -> None:
     group.add_argument("--reference-gguf", type=Path)
     parser.add_argument("--text", type=Path, required=True)
     parser.add_argument("--stamp", type=Path, required=True)
+    parser.add_argument("--verify", type=Path, action="append", default=[], help="check this file against its .sha256 first")
     parser.add_argument("--out", type=Path, required=True)
     ns = parser.parse_args(argv)
+    for path in ns.verify:
+        verify(path)
     os.environ["LLAMA_CPP_LIB_PATH"] = json.loads(ns.stamp.read_text())["bin_dir"]
     text = ns.text.read_text(encoding="utf-8")
     if ns.hf_dir:

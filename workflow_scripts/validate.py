@@ -110,7 +110,7 @@ def verdict(metrics: dict, sanity: dict, build: dict, tensors: dict | None = Non
         **metrics,
         "build": {key: value for key, value in build.items() if key != "gate"},
         "gate": gate,
-        "sanity": {key: sanity[key] for key in ("passed", "problems", "mean_same_first_tokens")},
+        "sanity": {key: sanity[key] for key in ("passed", "problems", "not_discriminating", "mean_same_first_tokens")},
         "verdict": "failed" if reasons else "passed",
         "reasons": reasons,
         **({"tensor_error": {**tensors["summary"], "worst": tensors["summary"]["worst"][:5]}} if tensors else {}),
@@ -139,9 +139,20 @@ def imatrix_violations(builds: dict[str, dict]) -> dict[str, Any]:
     return {"checked": len(pairs), "violations": found}
 
 
-def model_report(model: str, reference: dict, builds: dict[str, dict], attempts: dict[str, list[str]]) -> dict[str, Any]:
+def reference_sanity(record: dict) -> dict[str, Any]:
+    """The reference's own sanity result, for the report: per prompt its length, repetition rate,
+    empty? loops?, the prompts that could not discriminate and why, and the warning when none could."""
+    rows = [{key: row[key] for key in ("prompt", "text", "tokens", "repetition_rate", "empty", "loops")}
+            for row in record["prompts"]]
+    return {"max_repetition": record["max_repetition"], "repetition_margin": record["repetition_margin"],
+            "reference": rows, "not_discriminating": record["not_discriminating"], "warning": record["warning"]}
+
+
+def model_report(model: str, reference: dict, builds: dict[str, dict], attempts: dict[str, list[str]],
+                 sanity: dict | None = None) -> dict[str, Any]:
     """Every build's verdict, which build ships for each requested quant (the last try, if it
-    passed), and the invariants across builds."""
+    passed), the invariants across builds, and (given the reference's sanity record) which sanity
+    prompts could not discriminate."""
     ships = fallback.ships(attempts, lambda build: builds[build]["verdict"])
     for quant, tried in attempts.items():
         for name in tried:
@@ -157,6 +168,7 @@ def model_report(model: str, reference: dict, builds: dict[str, dict], attempts:
         "withheld": [quant for quant, name in ships.items() if name is None],
         "invariants": {"kld_falls_as_bpw_rises": kld_order_violations(builds),
                        "imatrix_not_worse_than_static": imatrix_violations(builds)},
+        **({"sanity": reference_sanity(sanity)} if sanity is not None else {}),
     }
 
 
@@ -200,6 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     report = sub.add_parser("report", help="a model's verdicts, what ships, and the invariants")
     report.add_argument("--model", required=True)
     report.add_argument("--reference", type=Path, required=True)
+    report.add_argument("--sanity", type=Path, required=True, help="the reference's sanity output")
     report.add_argument("--verdicts", type=Path, nargs="+", required=True)
     report.add_argument("--attempts-json", required=True, help="builds tried per requested quant, in order")
     report.add_argument("--out", type=Path, required=True)
@@ -218,7 +231,10 @@ def main(argv: list[str] | None = None) -> None:
                          json.loads(ns.tensors.read_text()) if ns.tensors else None)
     elif ns.command == "report":
         builds = {entry["quant"]: entry for entry in (json.loads(p.read_text()) for p in ns.verdicts)}
-        result = model_report(ns.model, json.loads(ns.reference.read_text()), builds, json.loads(ns.attempts_json))
+        result = model_report(ns.model, json.loads(ns.reference.read_text()), builds, json.loads(ns.attempts_json),
+                              json.loads(ns.sanity.read_text()))
+        if result["sanity"]["warning"]:
+            print(f"warning: {result['sanity']['warning']}")
     else:
         atomic_write_text(ns.out, quality_csv([json.loads(p.read_text()) for p in ns.reports]))
         return
