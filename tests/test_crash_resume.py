@@ -25,7 +25,9 @@ def test_killed_runs_resume_to_the_clean_bytes(tiny_run, tiny_hf, tmp_path):
     hits, starts = crash_and_resume(work, config, [s for s in STAGES for _ in range(3)], 20261203)
 
     kills = sum(hits.values())
-    assert kills >= 10 and set(hits) == set(STAGES), f"kills per stage: {dict(hits)}"
+    # Twelve attempts; once a stage is done an attempt aimed at it hits a later one, and the last ones may find
+    # the run finished: every stage is hit, and most attempts are.
+    assert kills >= 2 * len(STAGES) and set(hits) == set(STAGES), f"kills per stage: {dict(hits)}"
     assert (work / "results/tiny/SHA256SUMS").read_text() == tiny_run.sha256sums
     check = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=work / "results/tiny", capture_output=True, text=True)
     assert check.returncode == 0, check.stdout

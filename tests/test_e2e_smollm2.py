@@ -222,8 +222,6 @@ def test_shipped_builds_are_benchmarked_per_tier_and_recommended(demo):
             assert 0 < row["peak_rss_bytes"] < row["predicted_ram_bytes"]
             assert row["ttft_s"] < row["latency_s"] and row["fits"]
         assert speed["recommendations"][tier]["choice"] in shipped
-        speedup = {build: speed["builds"][build]["tiers"][tier]["tg_speedup"] for build in shipped}
-        assert speedup["Q8_0"] < speedup["Q4_K_M"] < speedup["Q3_K_M"], speedup
     assert speed["builds"]["Q8_0"]["size_reduction_pct"] > 45  # 8.5 vs 16 bits per weight
     card = (workdir / "results" / "package" / MODEL / "README.md").read_text()
     assert "## Which file for your hardware" in card and "**gpu-24gb**: not measured: GPU tier" in card
@@ -305,7 +303,8 @@ def test_static_twin_is_compared_with_the_imatrix_build(demo, tmp_path):
         verdicts[-1].write_text(json.dumps(entry))
     out = tmp_path / "report.json"
     subprocess.run([os.sys.executable, "-m", "workflow_scripts.validate", "report", "--model", MODEL, "--reference",
-                    str(workdir / "results" / MODEL / "validate" / "reference.json"), "--verdicts", *map(str, verdicts),
+                    str(workdir / "results" / MODEL / "validate" / "reference.json"), "--sanity",
+                    str(workdir / "results" / MODEL / "validate" / "reference.sanity.json"), "--verdicts", *map(str, verdicts),
                     "--attempts-json", json.dumps(report["attempts"]), "--out", str(out)], check=True)
     violated = json.loads(out.read_text())["invariants"]["imatrix_not_worse_than_static"]
     assert violated == {"checked": 1, "violations": [
