@@ -44,11 +44,7 @@ def measure_quant(stamp: Path, gguf: Path, logits: Path, threads: int, log: Path
            "--kl-divergence", "-t", str(threads), *offload_args(gpu_layers)]
     log.unlink(missing_ok=True)  # the log is parsed: only this run's output may be in it
     run_logged(cmd, log, "llama-perplexity", f"the KL divergence of {gguf}")
-    text = log.read_text(errors="replace")
-    try:
-        return with_offload(parse_kl_divergence(text), text)
-    except ValueError as err:
-        raise UserError(f"{log}: {err}") from None
+    return figures_from_log(log, parse_kl_divergence)
 
 
 def measure_reference(stamp: Path, gguf: Path, text: Path, ctx: int, chunks: int, threads: int, logits: Path,
@@ -59,17 +55,18 @@ def measure_reference(stamp: Path, gguf: Path, text: Path, ctx: int, chunks: int
     run_tool(stamp, "llama-perplexity", ["-m", str(gguf), "-f", str(text), "-c", str(ctx), "--chunks", str(chunks),
                                          "-t", str(threads), *offload_args(gpu_layers), "--kl-divergence-base", "{out}"],
              logits, log, verify_paths)
-    log_text = log.read_text(errors="replace")
+    return figures_from_log(log, parse_perplexity_base)
+
+
+def figures_from_log(log: Path, parse) -> dict:
+    """What ``parse`` reads from a tool's log, plus the GPU that computed it when the log shows one
+    (a CPU run's record stays as it was); UserError naming the log when the figures are not there."""
+    text = log.read_text(errors="replace")
     try:
-        return with_offload(parse_perplexity_base(log_text), log_text)
+        figures = parse(text)
     except ValueError as err:
         raise UserError(f"{log}: {err}") from None
-
-
-def with_offload(figures: dict, log_text: str) -> dict:
-    """The figures, plus the GPU that computed them when the tool's log shows one (a CPU run's
-    record stays as it was)."""
-    offload = offload_from_log(log_text)
+    offload = offload_from_log(text)
     return {**figures, "offload": offload} if offload else figures
 
 
