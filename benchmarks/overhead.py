@@ -9,6 +9,13 @@ something crashed.
 
     .venv/bin/python -m benchmarks.overhead --work /tmp/overhead [--cores 2]
 
+Another job than the default: ``--configfile`` (e.g. a scenario's config.yaml) and ``--link`` for
+each file or directory its config names relative to the working directory (linked into both runs'
+directories under its own name), e.g. the large-vocabulary scenario:
+
+    .venv/bin/python -m benchmarks.overhead --work /tmp/overhead-gemma \
+        --configfile tests/scenarios/gemma3-270m/config.yaml --link /tmp/gemma-3-270m
+
 Snakemake may run independent jobs side by side where the script runs them one after another, so
 a ratio below 1 is possible; run with --cores 1 for a strictly sequential comparison.
 """
@@ -52,13 +59,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--configfile", type=Path, help="a config over the default one (default: none)")
+    parser.add_argument("--link", type=Path, action="append", default=[],
+                        help="a file or directory the config names, linked into both working directories")
     ns = parser.parse_args()
     shutil.rmtree(ns.work, ignore_errors=True)
     flow, plain = ns.work / "workflow", ns.work / "script"
     flow.mkdir(parents=True)
     plain.mkdir()
+    for path in ns.link:
+        for where in (flow, plain):
+            (where / path.name).symlink_to(path.resolve())
     snakemake = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--cores", str(ns.cores),
-                 "--printshellcmds"]
+                 "--printshellcmds"] + (["--configfile", str(ns.configfile.resolve())] if ns.configfile else [])
     workflow_s = timed(snakemake, flow, ns.work / "workflow.log")
     commands = shell_commands((ns.work / "workflow.log").read_text())
     script = plain / "run.sh"

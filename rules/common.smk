@@ -12,8 +12,10 @@ from snakemake.exceptions import IncompleteCheckpointException, WorkflowError
 
 from workflow_scripts import fallback
 from workflow_scripts.config import build_plan
+from workflow_scripts.disk_plan import prediction_json
 from workflow_scripts.errors import UserError
 from workflow_scripts.gguf_header import resolve_gguf_path
+from workflow_scripts.gguf_split import source_parts
 from workflow_scripts.gpu import gpu_layers_option, offload_option
 from workflow_scripts.hf_dir import check_hf_dir
 
@@ -31,10 +33,19 @@ STAMP = "results/toolchain/llama.cpp.json"
 
 try:
     PLAN = build_plan(
-        config, source_name=" + ".join(map(str, workflow.configfiles)) or "config"
+        config,
+        source_name=" + ".join(map(str, workflow.configfiles)) or "config",
+        main_process=workflow.is_main_process,
     )
 except UserError as err:
     raise WorkflowError(f"invalid configuration: {err}") from None
+if workflow.is_main_process:
+    for _need in PLAN.disk.values():
+        if _need.unknown:
+            print(
+                f"gguf-forge: disk of {_need.model} not predicted: {_need.unknown[0]}",
+                file=sys.stderr,
+            )
 
 
 def per_job(func):
@@ -79,7 +90,7 @@ def source_files(model):
     fetched): their change re-runs the source step, their size sizes the jobs."""
     source = MODELS[model].source
     if source["type"] == "gguf":
-        return [str(resolve_gguf_path(source))]
+        return [str(p) for p in source_parts(resolve_gguf_path(source))]
     if source["type"] == "local":
         return [
             str(p)
@@ -363,12 +374,18 @@ def calibration_option(wildcards, input):
     )
 
 
+def disk_prediction(wildcards):
+    """The model's disk prediction made at plan time (workflow_scripts.disk_plan), as JSON text."""
+    return prediction_json(PLAN.disk[wildcards.model])
+
+
 def get_final_output():
     outputs = ["results/quality.csv", "results/summary/summary.csv"]
     for name, plan in MODELS.items():
         outputs.append(f"results/package/{name}/SHA256SUMS")
         outputs.append(f"results/{name}/SHA256SUMS")
         outputs.append(f"results/{name}/validation_report.json")
+        outputs.append(f"results/{name}/disk.json")
         outputs += [f"results/{name}/quant/{name}-{q}.census.json" for q in plan.quants]
     return outputs
 

@@ -34,12 +34,27 @@ rule package:
         " --evaluation {input.evaluation} --out results/package/{wildcards.model} > {log} 2>&1"
 
 
+# Predicted (at plan time) vs used disk per file, once the model's package is made.
+rule disk_report:
+    input:
+        sums="results/package/{model}/SHA256SUMS",
+    output:
+        "results/{model}/disk.json",
+    log:
+        "results/logs/disk_report/{model}.log",
+    params:
+        predicted=disk_prediction,
+    shell:
+        "python -m workflow_scripts.disk_plan --predicted {params.predicted:q} --out {output} > {log} 2>&1"
+
+
 rule summary:
     input:
         validation=expand(
             "results/{model}/validation_report.json", model=sorted(MODELS)
         ),
         speed=expand("results/{model}/speed_report.json", model=sorted(MODELS)),
+        disk=expand("results/{model}/disk.json", model=sorted(MODELS)),
     output:
         csv=report(
             "results/summary/summary.csv",
@@ -76,4 +91,4 @@ rule summary:
         tiers=" ".join(PLAN.tiers),
     shell:
         "python -m workflow_scripts.summary --validation {input.validation} --speed {input.speed}"
-        " --tiers {params.tiers} --out-dir results/summary > {log} 2>&1"
+        " --tiers {params.tiers} --disk {input.disk} --out-dir results/summary > {log} 2>&1"

@@ -34,7 +34,7 @@ def _tensors(path: Path) -> dict:
 def test_quantized_gguf_becomes_an_f16_reference_with_every_key(tmp_path):
     src = small_gguf(tmp_path / "small-Q8_0.gguf")
     out = tmp_path / "small-F16.gguf"
-    record = gguf_to_reference(src, out, "f16")
+    record = gguf_to_reference([src], out, "f16")
     assert record["method"] == "dequantize"
     assert record["source_types"] == {"F32": 2, "Q8_0": 1}
     assert "dequantized Q8_0" in record["note"] and "not against the original" in record["note"]
@@ -58,7 +58,7 @@ def test_bf16_reference(tmp_path):
 
     src = small_gguf(tmp_path / "small-Q8_0.gguf")
     out = tmp_path / "small-BF16.gguf"
-    record = gguf_to_reference(src, out, "bf16")
+    record = gguf_to_reference([src], out, "bf16")
     assert record["method"] == "dequantize" and record["outtype"] == "BF16"
     assert _kv(out)["general.file_type"] == 32
     q, d = _tensors(src)["blk.0.attn_q.weight"], _tensors(out)["blk.0.attn_q.weight"]
@@ -72,10 +72,10 @@ def test_bf16_reference(tmp_path):
 def test_an_f16_source_is_copied_unchanged(tmp_path):
     src = small_gguf(tmp_path / "small-F16.gguf", weight_type="F16")
     out = tmp_path / "ref.gguf"
-    record = gguf_to_reference(src, out, "f16")
+    record = gguf_to_reference([src], out, "f16")
     assert record["method"] == "copy" and sha256_file(out) == sha256_file(src)
     # Asked for BF16, the same file is rounded, not copied, and says so.
-    record = gguf_to_reference(src, tmp_path / "ref-bf16.gguf", "bf16")
+    record = gguf_to_reference([src], tmp_path / "ref-bf16.gguf", "bf16")
     assert record["method"] == "dequantize" and "F16 weights rounded to BF16" in record["note"]
 
 
@@ -111,7 +111,7 @@ def test_a_q4_1_source_is_dequantized_as_the_block_layout_says(tmp_path):
     project's reference both give them, in the same order."""
     src = _q4_1_gguf(tmp_path / "q4_1.gguf", Q4_1_BLOCKS, rows=2)
     assert q4_1_reference(np.frombuffer(Q4_1_BLOCKS, dtype=np.uint8)).tolist() == Q4_1_VALUES
-    record = gguf_to_reference(src, tmp_path / "ref.gguf", "f16")
+    record = gguf_to_reference([src], tmp_path / "ref.gguf", "f16")
     assert record["source_types"] == {"Q4_1": 1} and "dequantized Q4_1" in record["note"]
     [tensor] = _tensors(tmp_path / "ref.gguf").values()
     assert tensor.tensor_type.name == "F16" and list(tensor.shape) == [32, 2]
@@ -145,7 +145,7 @@ def test_the_q4_1_oracle_agrees_with_llama_cpps_own_dequantization(tmp_path, too
 def smollm2_f16(smollm2_gguf, tmp_path_factory):
     out = tmp_path_factory.mktemp("f16") / "smol-F16.gguf"
     start = time.perf_counter()
-    record = gguf_to_reference(smollm2_gguf, out, "f16")
+    record = gguf_to_reference([smollm2_gguf], out, "f16")
     print(f"\nSmolLM2 Q4_1 -> F16: {time.perf_counter() - start:.1f} s")
     return out, record
 

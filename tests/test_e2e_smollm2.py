@@ -124,7 +124,7 @@ def test_only_stale_jobs_re_run(demo):
         return planned_jobs(workdir, path)
 
     per_model = {"sha256sums": 1, "validation_report": 1, "quality_table": 1, "speed_report": 1, "package": 1,
-                 "summary": 1}
+                 "disk_report": 1, "summary": 1}
     assert plan(quants=[*QUANTS, "Q4_0"]) == {"quantize": 1, "validate_quant": 1, "sanity_quant": 1, "verdict": 1,
                                              "tensor_error": 1, **per_model}
     new_text = workdir / "calibration-v2.txt"
@@ -238,7 +238,7 @@ def test_a_package_file_is_reproduced_byte_for_byte(demo):
 def test_a_file_over_the_size_limit_is_published_in_parts(demo, toolchain_bin):
     workdir, _, _ = demo
     config = scenario("demo-split", workdir / "split")
-    assert planned_jobs(workdir, config) == {"package": 1}
+    assert planned_jobs(workdir, config) == {"package": 1, "disk_report": 1, "summary": 1}
     snakemake(workdir, config)
     package = workdir / "results" / "package" / MODEL
     parts = sorted(p.name for p in package.glob(f"{MODEL}-Q8_0-*-of-*.gguf"))
@@ -266,7 +266,7 @@ def test_a_gate_change_rejudges_without_remeasuring(demo):
     config = scenario("demo-tight-gate", workdir / "tight-gate")
     # Only Q4_K_M's gate changed; without remedies the IQ4_XS retry is no longer asked for.
     assert planned_jobs(workdir, config) == {"verdict": 1, "validation_report": 1, "quality_table": 1, "sha256sums": 1,
-                                             "speed_report": 1, "package": 1, "summary": 1}
+                                             "speed_report": 1, "package": 1, "disk_report": 1, "summary": 1}
     snakemake(workdir, config)
     report = json.loads((workdir / "results" / MODEL / "validation_report.json").read_text())
     q4 = report["quants"]["Q4_K_M"]

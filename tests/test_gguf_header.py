@@ -38,6 +38,7 @@ def test_header_reads_what_gguf_py_reads(smollm2_gguf):
         got = header.metadata[key]
         if isinstance(got, StringArray):
             assert len(got) == len(value) == (49152 if key == "tokenizer.ggml.tokens" else len(value))
+            assert header.strings(key) == value  # decoded on demand, string for string
         else:
             assert got == pytest.approx(value), key
     assert header.metadata["general.architecture"] == "llama"

@@ -174,7 +174,8 @@ def test_a_toolchain_change_makes_everything_built_with_it_stale(tiny_run, tmp_p
     assert {rule: len(why) for rule, why in reasons.items()} == {
         "toolchain": 1, "convert": 1, "tokenizer_parity": 1, "imatrix": 1, "quantize": 3, "reference_logits": 1,
         "validate_quant": 3, "sanity_reference": 1, "sanity_quant": 3, "tensor_error": 3, "verdict": 3, "speed": 1,
-        "validation_report": 1, "quality_table": 1, "sha256sums": 1, "speed_report": 1, "package": 1, "summary": 1}
+        "validation_report": 1, "quality_table": 1, "sha256sums": 1, "speed_report": 1, "package": 1,
+        "disk_report": 1, "summary": 1}
     [why] = reasons.pop("toolchain")
     assert "Params have changed since last execution" in why, why
     assert f"before: '--version 0.3.36 --backend cpu' now: '{params}'" in why, why

@@ -24,7 +24,7 @@ def quants(tmp_path_factory, smollm2_gguf, toolchain_bin) -> dict[str, Path]:
 
     directory = tmp_path_factory.mktemp("tensor-error")
     files = {"F16": directory / "F16.gguf"}
-    gguf_to_reference(smollm2_gguf, files["F16"])
+    gguf_to_reference([smollm2_gguf], files["F16"])
     for quant in TYPES:
         files[quant] = directory / f"{quant}.gguf"
         subprocess.run([str(toolchain_bin / "llama-quantize"), str(files["F16"]), str(files[quant]), quant, "2"],

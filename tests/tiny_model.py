@@ -29,9 +29,13 @@ def train_tokenizer(corpus: str, dest: Path) -> Path:
     return path
 
 
-def make_tiny_llama(dest: Path, corpus: str, seed: int = 0, shape: dict | None = None, dtype: str = "float32") -> Path:
+def make_tiny_llama(dest: Path, corpus: str, seed: int = 0, shape: dict | None = None, dtype: str = "float32",
+                    max_shard_size: str | None = None) -> Path:
     """Write config.json, model.safetensors and the tokenizer files of a 2-layer Llama into ``dest``;
-    ``shape`` overrides its sizes (benchmarks/gpu_measure.py makes a 1B one), ``dtype`` the weights'."""
+    ``shape`` overrides its sizes (benchmarks/gpu_measure.py makes a 1B one), ``dtype`` the weights'
+    (``bfloat16``: BF16 weights); ``max_shard_size`` (e.g. ``"100KB"``) saves the weights as
+    ``model-0000k-of-0000n.safetensors`` shards with ``model.safetensors.index.json``, as large
+    checkpoints come."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, LlamaTokenizer
 
@@ -44,5 +48,6 @@ def make_tiny_llama(dest: Path, corpus: str, seed: int = 0, shape: dict | None =
              "num_key_value_heads": 2, "max_position_embeddings": 512, **(shape or {})}
     config = LlamaConfig(vocab_size=VOCAB, **sizes, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
                          torch_dtype=dtype)
-    LlamaForCausalLM(config).to(getattr(torch, dtype)).save_pretrained(dest, safe_serialization=True)
+    shards = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    LlamaForCausalLM(config).to(getattr(torch, dtype)).save_pretrained(dest, safe_serialization=True, **shards)
     return dest

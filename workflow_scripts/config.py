@@ -94,6 +94,7 @@ class Plan:
     tiers: dict[str, dict[str, Any]] = field(default_factory=dict)
     benchmark: dict[str, Any] = field(default_factory=dict)
     package: dict[str, Any] = field(default_factory=dict)
+    disk: dict[str, Any] = field(default_factory=dict)  # model → disk_plan.ModelNeed (predicted files)
 
 
 @functools.cache
@@ -258,7 +259,8 @@ def check_overlap(calibration: str, evaluation: str, limit: float, where: str, s
 def _check_source(model_source: dict, field: str, source_name: str, base: Path, cache: dict) -> dict:
     """The source with its path resolved, after a header-only check of its files (once per path):
     a damaged or cut-short download is refused before any job starts."""
-    from workflow_scripts.gguf_header import read_gguf_header, resolve_gguf_path
+    from workflow_scripts.gguf_header import resolve_gguf_path
+    from workflow_scripts.gguf_split import source_parts
     from workflow_scripts.hf_dir import check_hf_source
 
     source = dict(model_source)
@@ -276,7 +278,7 @@ def _check_source(model_source: dict, field: str, source_name: str, base: Path, 
         path = base / resolve_gguf_path(source) if source["type"] == "gguf" else base / source["path"]
         if ("source", path) not in cache:
             if source["type"] == "gguf":
-                read_gguf_header(path)
+                source_parts(path)  # every part of a split GGUF: present, complete, of this split
             else:
                 check_hf_source(path, source.get("allow_pickle", False))
             cache["source", path] = True
@@ -406,8 +408,13 @@ def _remedy_builds(quant: str, build: Build, remedies: list[dict], add) -> tuple
     return tuple(names)
 
 
-def build_plan(config: dict, source_name: str = "config", base: Path | str = ".") -> Plan:
-    """Validate ``config`` (in place: defaults are filled) and return the Plan, or raise UserError."""
+def build_plan(config: dict, source_name: str = "config", base: Path | str = ".",
+               free_bytes: int | None = None, main_process: bool = True) -> Plan:
+    """Validate ``config`` (in place: defaults are filled) and return the Plan, or raise UserError.
+
+    With ``disk_check`` on, the disk still needed under results/ must fit the free space of its file
+    system (``free_bytes`` stands in for the measured figure in tests). Not in a job's own parse of
+    the workflow (``main_process`` false: a cluster job), where others' partial files share the disk."""
     check_config_size(config, source_name)
     schema = load_schema()
     if not isinstance(config, dict):
@@ -436,9 +443,15 @@ def build_plan(config: dict, source_name: str = "config", base: Path | str = "."
     toolchain = config["toolchain"]
     if toolchain.get("build_dir"):
         _check_build_dir(toolchain, source_name, base)
+    from workflow_scripts.disk_plan import check_disk, predict
+
+    disk = {name: predict(plan, config["reference_type"], evaluation, config["package"], base)
+            for name, plan in models.items()}
+    if config["disk_check"] and main_process:
+        check_disk(list(disk.values()), base, source_name, free_bytes)
     return Plan(toolchain=toolchain, evaluation=evaluation, reference_type=config["reference_type"],
                 verify_inputs=config["verify_inputs"], models=models, tiers=tiers, benchmark=config["benchmark"],
-                package=config["package"])
+                package=config["package"], disk=disk)
 
 
 def _check_tensor_patterns(config: dict, source_name: str) -> None:

@@ -25,7 +25,7 @@ import numpy as np
 from workflow_scripts.atomic import atomic_output, atomic_write_text
 from workflow_scripts.checksums import sha256_file, write_sidecar
 from workflow_scripts.errors import UserError, run_cli
-from workflow_scripts.gguf_header import check_gguf_file
+from workflow_scripts.gguf_header import TensorEntry, check_gguf_file, read_gguf_header
 from workflow_scripts.tool_step import run_logged
 
 # llama.cpp file types (llama_ftype) written into general.file_type of the reference.
@@ -90,11 +90,11 @@ def _copy_fields(reader, writer) -> None:
     writer.kv_data[0] = {key: kv[key] for key in order if key in kv} | kv
 
 
-def reference_tensor_type(tensor, outtype: str):
+def reference_tensor_type(tensor: TensorEntry, outtype: str):
     """F32 stays F32, 1-D tensors (norms) become F32 (as convert_hf_to_gguf.py does), the rest ``outtype``."""
     from gguf import GGMLQuantizationType
 
-    if tensor.tensor_type == GGMLQuantizationType.F32 or len(tensor.shape) == 1:
+    if tensor.type == GGMLQuantizationType.F32 or len(tensor.shape) == 1:
         return GGMLQuantizationType.F32
     return GGMLQuantizationType[outtype]
 
@@ -108,34 +108,47 @@ def _record_note(source_types: Counter, outtype: str) -> str:
     return f"the {outtype} reference is the source's {floats} weights rounded to {outtype}"
 
 
-def gguf_to_reference(src: Path | str, dest: Path | str, outtype: str = "f16") -> dict[str, Any]:
-    """Write the ``outtype`` (f16/bf16) reference of GGUF ``src`` to ``dest`` atomically; return the record.
+def gguf_to_reference(parts: list[Path], dest: Path | str, outtype: str = "f16") -> dict[str, Any]:
+    """Write the ``outtype`` (f16/bf16) reference of a GGUF source to ``dest`` atomically; return the
+    record. ``parts``: the source file, or the parts of a split one in order (gguf_split.source_parts):
+    the reference is then the file that was split, joined with the reference's types.
 
-    A source already of the reference types everywhere is copied byte for byte. Otherwise every
-    tensor is dequantized with gguf-py and rounded to the reference type, one tensor at a time
-    (the reader memory-maps the source), so memory stays at one tensor, not the model.
+    A one-file source already of the reference types everywhere is copied byte for byte. Otherwise
+    every tensor is dequantized with gguf-py and rounded to the reference type a block of rows at a
+    time (read with file reads, written straight to the file), so memory stays at one block of rows
+    whatever the size of the model or of its largest tensor (a 128k-token embedding is 2.1 GB as
+    float32), and a split source needs no scratch copy. gguf-py's writer writes the header, the
+    metadata (the first part's, without the split.* keys) and tensor infos; the data is laid out as
+    its ``write_tensor_data`` would: padded to the alignment before the first tensor and after each
+    one, so the bytes are those of writing each tensor whole.
     """
     from gguf import GGMLQuantizationType, GGUFWriter
     from gguf.quants import dequantize, quantize
 
-    src, dest = Path(src), Path(dest)
+    from workflow_scripts.gguf_split import SPLIT_KEYS
+
+    parts, dest = [Path(p) for p in parts], Path(dest)
     outtype = outtype.upper()
     if outtype not in FILE_TYPES:
         raise UserError(f"outtype {outtype!r}: expected one of {', '.join(FILE_TYPES)}")
-    reader = check_gguf_file(src)
-    source_types = Counter(t.tensor_type.name for t in reader.tensors)
-    targets = {t.name: reference_tensor_type(t, outtype) for t in reader.tensors}
+    reader = check_gguf_file(parts[0])  # metadata only: its tensors' memory maps are never read
+    tensors = [(header, t) for header in map(read_gguf_header, parts) for t in header.tensors.values()]
+    source_types = Counter(t.type.name for _, t in tensors)
+    targets = {t.name: reference_tensor_type(t, outtype) for _, t in tensors}
     record: dict[str, Any] = {"source_types": dict(sorted(source_types.items())), "outtype": outtype,
-                              "tensors": len(reader.tensors)}
-    if all(t.tensor_type == targets[t.name] for t in reader.tensors):
+                              "tensors": len(tensors), "source_parts": len(parts)}
+    as_is = all(t.type == targets[t.name] for _, t in tensors)
+    if as_is and len(parts) == 1:
         with atomic_output(dest) as tmp:
-            shutil.copyfile(src, tmp)
+            shutil.copyfile(parts[0], tmp)
         return {**record, "method": "copy", "note": f"the source GGUF is already {outtype}; copied as is"}
     arch = reader.fields["general.architecture"].contents()
     with atomic_output(dest) as tmp:
         writer = GGUFWriter(tmp, arch)
         _copy_fields(reader, writer)
-        for tensor in reader.tensors:
+        for key in SPLIT_KEYS:
+            writer.kv_data[0].pop(key, None)
+        for _, tensor in tensors:
             dtype = np.dtype(np.float32 if targets[tensor.name] == GGMLQuantizationType.F32 else np.float16)
             writer.add_tensor_info(tensor.name, _numpy_shape(tensor), dtype,
                                    int(tensor.n_elements) * dtype.itemsize, raw_dtype=targets[tensor.name])
@@ -143,21 +156,29 @@ def gguf_to_reference(src: Path | str, dest: Path | str, outtype: str = "f16") -
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
-        for tensor in reader.tensors:
-            try:
-                values = dequantize(tensor.data, tensor.tensor_type).astype(np.float32, copy=False)
-            except NotImplementedError:
-                raise UserError(f"{src}: tensor {tensor.name} has type {tensor.tensor_type.name}, which gguf-py "
-                                "cannot dequantize; expected a GGUF of F32/F16/BF16/Q4_0/Q4_1/Q5_x/Q8_0/K/IQ types, "
-                                "or give the model's HF-format weights instead") from None
-            target = targets[tensor.name]
-            data = values if target == GGMLQuantizationType.F32 else quantize(values, target)
-            writer.write_tensor_data(data)
+        fout = writer.fout[0]  # one file: the writer was given no split limits
+        writer.write_padding(fout, fout.tell())
+        for header, tensor in tensors:
+            target, written = targets[tensor.name], 0
+            for rows in header.row_blocks(tensor):
+                try:
+                    values = dequantize(rows, tensor.type).astype(np.float32, copy=False)
+                except NotImplementedError:
+                    raise UserError(f"{header.path}: tensor {tensor.name} has type {tensor.type.name}, which gguf-py "
+                                    "cannot dequantize; expected a GGUF of F32/F16/BF16/Q4_0/Q4_1/Q5_x/Q8_0/K/IQ "
+                                    "types, or give the model's HF-format weights instead") from None
+                data = values if target == GGMLQuantizationType.F32 else quantize(values, target)
+                data.tofile(fout)
+                written += data.nbytes
+            assert written == writer.tensors[0][tensor.name].nbytes, tensor.name
+            writer.write_padding(fout, written)
         writer.close()
+    if as_is:
+        return {**record, "method": "join", "note": f"the source's {len(parts)} parts are already {outtype}; joined"}
     return {**record, "method": "dequantize", "note": _record_note(source_types, outtype)}
 
 
-def _numpy_shape(tensor) -> tuple[int, ...]:
+def _numpy_shape(tensor: TensorEntry) -> tuple[int, ...]:
     """gguf-py stores shapes innermost-first; numpy order is the reverse."""
     return tuple(int(d) for d in reversed(tensor.shape))
 
@@ -185,8 +206,8 @@ def main(argv: list[str] | None = None) -> None:
     ns.log.parent.mkdir(parents=True, exist_ok=True)
     manifest = verify_source_files(ns.source_manifest)
     stamp = json.loads(ns.stamp.read_text())
-    if manifest["type"] == "gguf":
-        record = gguf_to_reference(Path(manifest["files"][0]["path"]), ns.out, ns.outtype.lower())
+    if manifest["type"] == "gguf":  # the file, or the parts of a split one in order
+        record = gguf_to_reference([Path(f["path"]) for f in manifest["files"]], ns.out, ns.outtype.lower())
     else:
         record = convert_hf(stamp.get("convert_script"), Path(manifest["directory"]), ns.outtype, ns.out, ns.log)
     digest = write_sidecar(ns.out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import sys
 from typing import Callable
 
@@ -16,4 +17,11 @@ def run_cli(main: Callable[[], None]) -> None:
         main()
     except UserError as err:
         print(f"gguf-forge error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # a write outside atomic_output (a log, a package directory): one line, not a traceback
+        print(f"gguf-forge error: {err.filename or 'a file of this job'}: disk full (no space left on device); free space "
+              "on that file system and run again: finished outputs are kept", file=sys.stderr)
         sys.exit(2)

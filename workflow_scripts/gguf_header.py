@@ -10,9 +10,9 @@ import importlib.util
 import math
 import mmap
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -24,6 +24,8 @@ GGUF_MAGIC = b"GGUF"
 GGUF_HEADER = struct.Struct("<4sIQQ")
 TYPE_AND_COUNT = struct.Struct("<IQ")
 U32, U64 = struct.Struct("<I"), struct.Struct("<Q")
+# Values per block when a tensor is read a block of rows at a time (16 MiB as float32).
+ROW_BLOCK_ELEMENTS = 1 << 22
 
 
 def resolve_gguf_path(source: dict[str, Any]) -> Path:
@@ -54,9 +56,12 @@ class TensorEntry:
 
 @dataclass(frozen=True)
 class StringArray:
-    """A metadata array of strings (a tokenizer's tokens or merges), stepped over: only its length."""
+    """A metadata array of strings (a tokenizer's tokens or merges), stepped over: its length, and
+    where its bytes lie so that ``GGUFHeader.strings`` can decode it when a job needs the strings."""
 
     count: int
+    start: int = field(default=0, compare=False)  # byte of the first item's length
+    end: int = field(default=0, compare=False)  # byte after the last item
 
     def __len__(self) -> int:
         return self.count
@@ -73,12 +78,46 @@ class GGUFHeader:
     tensors: dict[str, TensorEntry]
     data_end: int  # byte where the last tensor's data ends
 
+    def strings(self, key: str) -> list[str]:
+        """The strings of metadata array ``key`` (a ``StringArray``), decoded from the file in one
+        read as gguf-py decodes them: a 262,144-token vocabulary in a fraction of a second."""
+        array = self.metadata[key]
+        with open(self.path, "rb") as handle:
+            handle.seek(array.start)
+            raw = handle.read(array.end - array.start)
+        out, pos = [], 0
+        for _ in range(array.count):
+            length = U64.unpack_from(raw, pos)[0]
+            out.append(raw[pos + 8:pos + 8 + length].decode("utf-8", errors="replace"))
+            pos += 8 + length
+        return out
+
     def rows(self, tensor: TensorEntry) -> np.ndarray:
         """The tensor's stored data, memory-mapped, one matrix row per row (bytes for block types),
         as gguf.quants.dequantize takes it; nothing is read until the rows are used."""
         row_bytes = tensor.n_bytes * tensor.shape[0] // tensor.n_elements
         return np.memmap(self.path, dtype=np.uint8, mode="r", offset=tensor.offset,
                          shape=(tensor.n_bytes // row_bytes, row_bytes))
+
+    def row_blocks(self, tensor: TensorEntry, max_elements: int = ROW_BLOCK_ELEMENTS) -> Iterator[np.ndarray]:
+        """The tensor's stored rows (as ``rows`` gives them), at most ``max_elements`` values (at
+        least one row) at a time, read with plain file reads into a new array per block. Not
+        memory-mapped on purpose: mapped pages that were read count in the process's RSS for as
+        long as the mapping lives, so a 2.1 GB embedding read through one map shows as 2.1 GB
+        however finely it is sliced; read this way, a job's memory is one block whatever the model."""
+        row_bytes = tensor.n_bytes * tensor.shape[0] // tensor.n_elements
+        n_rows = tensor.n_bytes // row_bytes
+        step = max(1, max_elements // tensor.shape[0])
+        with open(self.path, "rb", buffering=0) as handle:
+            handle.seek(tensor.offset)
+            for start in range(0, n_rows, step):
+                block = np.empty((min(step, n_rows - start), row_bytes), dtype=np.uint8)
+                view, done = memoryview(block.reshape(-1)), 0
+                while done < block.nbytes and (got := handle.readinto(view[done:])):
+                    done += got
+                if done < block.nbytes:
+                    raise UserError(f"{self.path}: ends inside tensor {tensor.name}; expected the complete file")
+                yield block
 
 
 def parse_gguf_header(path: Path | str) -> GGUFHeader:
@@ -112,9 +151,10 @@ def parse_gguf_header(path: Path | str) -> GGUFHeader:
             if vtype == GGUFValueType.ARRAY:
                 item_type, count = take(TYPE_AND_COUNT)
                 if item_type == GGUFValueType.STRING:
+                    first = pos
                     for _ in range(count):
                         take_bytes(take(U64)[0])
-                    return StringArray(count)
+                    return StringArray(count, first, pos)
                 if item_type == GGUFValueType.ARRAY:
                     return [take_value(GGUFValueType.ARRAY) for _ in range(count)]
                 dtype = scalar_types[GGUFValueType(item_type)]

@@ -2,7 +2,8 @@
 
 This module holds the source manifest and its command line (``python -m workflow_scripts.sources
 manifest``): each source yields a manifest with the sha256 of every file used, so the convert step
-can prove it reads exactly what was recorded. The checks live in ``gguf_header`` and ``hf_dir``,
+can prove it reads exactly what was recorded (every part of a split GGUF, every shard of a sharded
+checkpoint). The checks live in ``gguf_header``, ``gguf_split`` and ``hf_dir``,
 the download in ``hub``.
 """
 
@@ -17,7 +18,8 @@ from typing import Any
 from workflow_scripts.atomic import atomic_write_text
 from workflow_scripts.checksums import sha256_file
 from workflow_scripts.errors import UserError, run_cli
-from workflow_scripts.gguf_header import read_gguf_header, resolve_gguf_path
+from workflow_scripts.gguf_header import resolve_gguf_path
+from workflow_scripts.gguf_split import source_parts
 from workflow_scripts.hf_dir import check_hf_source
 from workflow_scripts.hub import fetch_hub
 
@@ -42,13 +44,13 @@ def source_manifest(source: dict[str, Any], dest: Path | str | None = None) -> d
     manifest: dict[str, Any] = {"type": kind, "source": source}
     if kind == "gguf":
         path = resolve_gguf_path(source)
-        read_gguf_header(path)
+        parts = source_parts(path)  # [path], or every part of a split GGUF named by its first
         if "path" in source:
             manifest["identity"] = {"path": str(path)}
         else:
             manifest["identity"] = {"package": source["package"], "file": source["file"],
                                     "package_version": _package_version(source["package"])}
-        manifest["files"] = [file_entry(path)]
+        manifest["files"] = [file_entry(part) for part in parts]
         return manifest
     allow_pickle = bool(source.get("allow_pickle", False))
     if kind == "hf":

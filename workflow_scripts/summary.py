@@ -122,6 +122,17 @@ def plot_speed(table: list[dict], tier: str, path: Path) -> None:
     _save(fig, plt, path)
 
 
+def disk_md(disks: list[dict]) -> str:
+    """One line per model: the disk predicted at plan time against what its files use."""
+    if not disks:
+        return ""
+    lines = ["", "Disk under results/ (predicted before the run, rounded up; used by the files made):", ""]
+    for d in disks:
+        lines.append(f"- {d['model']}: predicted {d['predicted_bytes'] / 2**20:.1f} MiB, used "
+                     f"{d['used_bytes'] / 2**20:.1f} MiB" + (" (a Hub download not counted)" if d["unknown"] else ""))
+    return "\n".join(lines) + "\n"
+
+
 def _save(fig, plt, path: Path) -> None:
     fig.tight_layout()
     with atomic_output(path) as tmp:
@@ -134,13 +145,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--validation", type=Path, nargs="+", required=True)
     parser.add_argument("--speed", type=Path, nargs="+", required=True, help="speed_report.json files, in --validation order")
     parser.add_argument("--tiers", nargs="+", required=True)
+    parser.add_argument("--disk", type=Path, nargs="*", default=[], help="disk.json files (disk_plan)")
     parser.add_argument("--out-dir", type=Path, required=True)
     ns = parser.parse_args(argv)
     validations = [json.loads(p.read_text()) for p in ns.validation]
     speeds = [json.loads(p.read_text()) for p in ns.speed]
     table = [row for v, s in zip(validations, speeds) for row in rows(v, s, ns.tiers)]
     atomic_write_text(ns.out_dir / "summary.csv", summary_csv(table, ns.tiers))
-    atomic_write_text(ns.out_dir / "summary.md", summary_md(table, ns.tiers))
+    disks = [json.loads(p.read_text()) for p in ns.disk]
+    atomic_write_text(ns.out_dir / "summary.md", summary_md(table, ns.tiers) + disk_md(disks))
     atomic_write_text(ns.out_dir / "recommendations.md", recommendations_md(speeds, ns.tiers))
     for validation in validations:
         plot_frontier(table, validation["model"], ns.out_dir / "plots" / f"{validation['model']}-size-vs-kld.svg")

@@ -3,8 +3,9 @@
 Each tensor the quant stores in another type than the reference is dequantized with gguf-py's
 own dequantization and compared with the reference tensor: relative RMS error
 ``||dequantized - reference|| / ||reference||`` and the largest absolute error. Tensors kept in the
-reference's type (1-D norms in F32) are skipped: they were not quantized. Rows are processed in
-chunks, so memory stays bounded for large embeddings.
+reference's type (1-D norms in F32) are skipped: they were not quantized. Rows are read in
+blocks with file reads (not through a memory map, whose read pages count in RSS), so memory
+stays at one block whatever the size of the largest tensor.
 """
 
 from __future__ import annotations
@@ -56,12 +57,14 @@ def tensor_errors(quant: Path, reference: Path) -> list[dict[str, Any]]:
                             f"{base.n_elements}")
         if tensor.type == base.type:
             continue
-        q_rows, r_rows = quant_header.rows(tensor), ref_header.rows(base)
-        step = max(1, CHUNK_ELEMENTS // tensor.shape[0])
+        if tuple(tensor.shape) != tuple(base.shape):  # blocks of rows are compared one with one
+            raise UserError(f"{quant}: tensor {tensor.name} has shape {list(tensor.shape)}, the reference {reference} "
+                            f"{list(base.shape)}")
         err2 = ref2 = max_abs = 0.0
-        for start in range(0, len(q_rows), step):
-            got = dequantize(q_rows[start:start + step], tensor.type).astype(np.float64).ravel()
-            want = dequantize(r_rows[start:start + step], base.type).astype(np.float64).ravel()
+        for q_rows, r_rows in zip(quant_header.row_blocks(tensor, CHUNK_ELEMENTS),
+                                  ref_header.row_blocks(base, CHUNK_ELEMENTS), strict=True):
+            got = dequantize(q_rows, tensor.type).astype(np.float64).ravel()
+            want = dequantize(r_rows, base.type).astype(np.float64).ravel()
             diff = got - want
             err2 += float(diff @ diff)
             ref2 += float(want @ want)

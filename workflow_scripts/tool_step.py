@@ -9,19 +9,24 @@ last log lines become the job's error message.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from workflow_scripts.atomic import partial_path
+from workflow_scripts.atomic import disk_full, partial_path
 from workflow_scripts.checksums import verify, write_sidecar
+from workflow_scripts.disk_plan import check_logits_file
 from workflow_scripts.errors import UserError, run_cli
+from workflow_scripts.gguf_header import read_gguf_header
 
 TAIL_LINES = 15
+DISK_FULL_BYTES = 1 << 20  # less free space than this after a failed write: the disk was full
 
 
 def tool_path(stamp: Path | str, tool: str) -> Path:
@@ -61,6 +66,18 @@ def failure(returncode: int) -> str:
     return f"exited with status {returncode}" if returncode else "wrote no output"
 
 
+def disk_full_reason(tmp: Path, log: Path) -> str | None:
+    """Why a failed tool looks like a full disk (its log says so, or the file system of its output
+    has under 1 MiB left while the partial output is still there), else None."""
+    if "No space left on device" in log_tail(log):
+        return "its log says no space left on device"
+    try:
+        free = shutil.disk_usage(tmp.parent).free
+    except OSError:
+        return None
+    return f"{free} bytes left on the file system" if free < DISK_FULL_BYTES else None
+
+
 def run_tool(stamp: Path, tool: str, args: list[str], output: Path, log: Path,
              verify_paths: list[Path]) -> float:
     """Run ``tool`` with ``{out}`` bound to a temporary name; return its wall time in seconds."""
@@ -73,9 +90,23 @@ def run_tool(stamp: Path, tool: str, args: list[str], output: Path, log: Path,
     started = time.monotonic()
     try:
         run_logged(cmd, log, tool, str(output), expect=tmp)
-    except UserError:
+        # llama.cpp's writers do not check their writes: on a full disk a tool exits 0 with a
+        # cut-short file. Where the disk is (nearly) full, the output must be as long as it says.
+        if disk_full_reason(tmp, log) and output.suffix == ".gguf":
+            read_gguf_header(tmp)
+        elif disk_full_reason(tmp, log) and output.suffix == ".logits":
+            check_logits_file(tmp)
+    except UserError as err:
+        full = disk_full_reason(tmp, log)
         tmp.unlink(missing_ok=True)
-        raise
+        if full:
+            raise UserError(f"{disk_full(output)} ({tool}: {full})") from None
+        raise err
+    except OSError as err:  # the log itself could not be written
+        tmp.unlink(missing_ok=True)
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise UserError(f"{disk_full(output)} (writing its log {log})") from None
     os.replace(tmp, output)
     write_sidecar(output)
     return time.monotonic() - started

@@ -1,0 +1,121 @@
+"""Python stages work in blocks of rows: their peak memory is bounded by a constant, not by the model.
+
+One synthetic GGUF holds a Q8_0 tensor of 110,000 × 4,096 values (479 MB on disk, 1.8 GB as
+float32, 0.9 GB as F16), more than the 1.5 GB bound whole, and Llama-3's vocabulary size; the stages are run on it as the rules
+run them, as subprocesses, and each one's peak RSS is read from ``wait4``. The file is written a
+block at a time, so the test itself stays small too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from tests.workflow_run import ROOT
+from workflow_scripts.checksums import read_sidecar, write_sidecar
+
+BOUND = 1_500_000_000  # bytes of peak RSS allowed to any Python stage, whatever the model
+ROWS, COLS = 110_000, 4_096
+NAME = "token_embd.weight"
+Q8_0_BLOCK = np.dtype([("d", "<f2"), ("qs", "i1", 32)])
+
+
+def big_q8_0_gguf(path: Path, rows: int = ROWS, cols: int = COLS, block_rows: int = 4_096) -> Path:
+    """A GGUF with one Q8_0 tensor of ``rows`` × ``cols`` random values and a small F32 norm: the
+    header by gguf-py's writer, the data a block of rows at a time (as gguf-py's writer pads it)."""
+    from gguf import GGMLQuantizationType, GGUFWriter
+
+    writer = GGUFWriter(path, "llama")
+    # Llama-3's vocabulary: gguf-py's reader, which the convert step copies the metadata with, holds
+    # each string as numpy arrays (about 0.7 GB for these), so the bound is measured with them.
+    writer.add_token_list([f"tok{i:06d}" for i in range(128_256)])
+    writer.add_token_merges([f"a{i} b{i}" for i in range(280_147)])
+    writer.add_tensor_info(NAME, (rows, cols), np.dtype(np.float16), rows * cols // 32 * Q8_0_BLOCK.itemsize,
+                           raw_dtype=GGMLQuantizationType.Q8_0)
+    writer.add_tensor_info("output_norm.weight", (cols,), np.dtype(np.float32), cols * 4)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    fout = writer.fout[0]
+    writer.write_padding(fout, fout.tell())
+    rng = np.random.default_rng(16)
+    for start in range(0, rows, block_rows):
+        blocks = np.frombuffer(rng.bytes(min(block_rows, rows - start) * cols // 32 * Q8_0_BLOCK.itemsize),
+                               dtype=Q8_0_BLOCK).copy()
+        blocks["d"] = (blocks["d"].view(np.uint16) % 1000 + 1).astype(np.float16) / 16384  # finite scales
+        blocks.tofile(fout)
+    writer.write_padding(fout, rows * cols // 32 * Q8_0_BLOCK.itemsize)
+    np.linspace(0.5, 1.5, cols, dtype=np.float32).tofile(fout)
+    writer.close()
+    return path
+
+
+def run_measured(args: list[str], log: Path) -> int:
+    """Run a stage as the rules do (``python -m ...`` in the project directory); its peak RSS in bytes."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    assert proc.returncode == 0, f"{args[1]} failed: {log.read_text()[-3000:]}"
+    return usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
+def test_stages_stay_under_the_memory_bound_on_a_tensor_larger_than_it(tmp_path):
+    from gguf.quants import dequantize
+
+    from workflow_scripts.gguf_header import read_gguf_header
+    from workflow_scripts.sources import source_manifest
+
+    src = big_q8_0_gguf(tmp_path / "big-Q8_0.gguf")
+    write_sidecar(src)
+    stamp, manifest = tmp_path / "stamp.json", tmp_path / "source.json"
+    stamp.write_text(json.dumps({"convert_script": None, "llama_cpp_commit": None}))
+    manifest.write_text(json.dumps(source_manifest({"type": "gguf", "path": str(src)})))
+    ref = tmp_path / "big-F16.gguf"
+    peaks = {}
+    peaks["convert"] = run_measured(
+        ["-m", "workflow_scripts.convert", "--stamp", str(stamp), "--source-manifest", str(manifest),
+         "--outtype", "F16", "--out", str(ref), "--record", str(tmp_path / "convert.json"),
+         "--log", str(tmp_path / "convert.log")], tmp_path / "convert.out")
+    peaks["tensor_error"] = run_measured(
+        ["-m", "workflow_scripts.tensor_error", "--gguf", str(src), "--reference", str(ref), "--verify", str(src),
+         "--verify", str(ref), "--out", str(tmp_path / "tensors.json")], tmp_path / "tensor_error.out")
+    census = ("import json, sys; from pathlib import Path; from workflow_scripts.gguf_census import Recipe, census; "
+              "print(json.dumps(census(Path(sys.argv[1]), Recipe('Q8_0'), '')))")
+    peaks["census"] = run_measured(["-c", census, str(src)], tmp_path / "census.out")
+    peaks["checksums"] = run_measured(["-m", "workflow_scripts.checksums", str(src), str(ref),
+                                       "--out", str(tmp_path / "SHA256SUMS")], tmp_path / "checksums.out")
+    assert max(peaks.values()) <= BOUND, {stage: f"{peak / 1e6:.0f} MB" for stage, peak in peaks.items()}
+
+    # The outputs are right: rows of the reference are gguf-py's dequantization of the source's
+    # rows rounded to F16 (first, last and across a block boundary); the error and census agree.
+    source, reference = read_gguf_header(src), read_gguf_header(ref)
+    assert [(t.name, t.type.name) for t in reference.tensors.values()] == [(NAME, "F16"), ("output_norm.weight", "F32")]
+    assert reference.metadata["general.file_type"] == 1 and len(reference.metadata["tokenizer.ggml.merges"]) == 280_147
+    src_rows, ref_rows = source.rows(source.tensors[NAME]), reference.rows(reference.tensors[NAME])
+    for row in (0, 1_023, 1_024, ROWS - 1):  # 1,024 rows a block
+        want = dequantize(np.asarray(src_rows[row:row + 1]), source.tensors[NAME].type).astype(np.float16)
+        assert np.array_equal(np.asarray(ref_rows[row:row + 1]).view(np.float16), want), row
+    norm = reference.rows(reference.tensors["output_norm.weight"])
+    assert np.array_equal(np.asarray(norm).view(np.float32).ravel(), np.linspace(0.5, 1.5, COLS, dtype=np.float32))
+    [error] = json.loads((tmp_path / "tensors.json").read_text())["tensors"]
+    assert error["name"] == NAME and error["n_elements"] == ROWS * COLS and 0 < error["rel_rms"] < 1e-3
+    census_out = json.loads((tmp_path / "census.out").read_text())
+    assert census_out["parameters"] == ROWS * COLS + COLS and census_out["types"] == {"F32": 1, "Q8_0": 1}
+    assert (tmp_path / "SHA256SUMS").read_text() == f"{read_sidecar(ref)}  {ref.name}\n{read_sidecar(src)}  {src.name}\n"
+
+
+def test_row_blocks_are_the_rows_read_a_block_at_a_time(tmp_path):
+    from workflow_scripts.gguf_header import read_gguf_header
+
+    header = read_gguf_header(big_q8_0_gguf(tmp_path / "small.gguf", rows=37, cols=256, block_rows=5))
+    tensor = header.tensors[NAME]
+    whole = np.asarray(header.rows(tensor))
+    for max_elements, sizes in ((10 * 256, [10, 10, 10, 7]), (100, [1] * 37), (1 << 22, [37])):
+        blocks = list(header.row_blocks(tensor, max_elements))
+        assert [len(b) for b in blocks] == sizes and np.array_equal(np.concatenate(blocks), whole)
