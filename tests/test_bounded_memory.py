@@ -97,11 +97,11 @@ def test_stages_stay_under_the_memory_bound_on_a_tensor_larger_than_it(tmp_path)
     source, reference = read_gguf_header(src), read_gguf_header(ref)
     assert [(t.name, t.type.name) for t in reference.tensors.values()] == [(NAME, "F16"), ("output_norm.weight", "F32")]
     assert reference.metadata["general.file_type"] == 1 and len(reference.metadata["tokenizer.ggml.merges"]) == 280_147
-    src_rows, ref_rows = source.rows(source.tensors[NAME]), reference.rows(reference.tensors[NAME])
+    src_rows, ref_rows = stored_rows(source, NAME), stored_rows(reference, NAME)
     for row in (0, 1_023, 1_024, ROWS - 1):  # 1,024 rows a block
         want = dequantize(np.asarray(src_rows[row:row + 1]), source.tensors[NAME].type).astype(np.float16)
         assert np.array_equal(np.asarray(ref_rows[row:row + 1]).view(np.float16), want), row
-    norm = reference.rows(reference.tensors["output_norm.weight"])
+    norm = stored_rows(reference, "output_norm.weight")
     assert np.array_equal(np.asarray(norm).view(np.float32).ravel(), np.linspace(0.5, 1.5, COLS, dtype=np.float32))
     [error] = json.loads((tmp_path / "tensors.json").read_text())["tensors"]
     assert error["name"] == NAME and error["n_elements"] == ROWS * COLS and 0 < error["rel_rms"] < 1e-3
@@ -110,12 +110,21 @@ def test_stages_stay_under_the_memory_bound_on_a_tensor_larger_than_it(tmp_path)
     assert (tmp_path / "SHA256SUMS").read_text() == f"{read_sidecar(ref)}  {ref.name}\n{read_sidecar(src)}  {src.name}\n"
 
 
+def stored_rows(header, name: str) -> np.ndarray:
+    """A tensor's stored bytes memory-mapped as rows (the test's own view of the file, from the
+    header's offsets, which test_gguf_header checks against gguf-py)."""
+    tensor = header.tensors[name]
+    row_bytes = tensor.n_bytes * tensor.shape[0] // tensor.n_elements
+    return np.memmap(header.path, dtype=np.uint8, mode="r", offset=tensor.offset,
+                     shape=(tensor.n_bytes // row_bytes, row_bytes))
+
+
 def test_row_blocks_are_the_rows_read_a_block_at_a_time(tmp_path):
     from workflow_scripts.gguf_header import read_gguf_header
 
     header = read_gguf_header(big_q8_0_gguf(tmp_path / "small.gguf", rows=37, cols=256, block_rows=5))
     tensor = header.tensors[NAME]
-    whole = np.asarray(header.rows(tensor))
+    whole = np.asarray(stored_rows(header, NAME))
     for max_elements, sizes in ((10 * 256, [10, 10, 10, 7]), (100, [1] * 37), (1 << 22, [37])):
         blocks = list(header.row_blocks(tensor, max_elements))
         assert [len(b) for b in blocks] == sizes and np.array_equal(np.concatenate(blocks), whole)

@@ -92,15 +92,9 @@ class GGUFHeader:
             pos += 8 + length
         return out
 
-    def rows(self, tensor: TensorEntry) -> np.ndarray:
-        """The tensor's stored data, memory-mapped, one matrix row per row (bytes for block types),
-        as gguf.quants.dequantize takes it; nothing is read until the rows are used."""
-        row_bytes = tensor.n_bytes * tensor.shape[0] // tensor.n_elements
-        return np.memmap(self.path, dtype=np.uint8, mode="r", offset=tensor.offset,
-                         shape=(tensor.n_bytes // row_bytes, row_bytes))
-
     def row_blocks(self, tensor: TensorEntry, max_elements: int = ROW_BLOCK_ELEMENTS) -> Iterator[np.ndarray]:
-        """The tensor's stored rows (as ``rows`` gives them), at most ``max_elements`` values (at
+        """The tensor's stored data, one matrix row per row (bytes for block types, as
+        gguf.quants.dequantize takes it), at most ``max_elements`` values (at
         least one row) at a time, read with plain file reads into a new array per block. Not
         memory-mapped on purpose: mapped pages that were read count in the process's RSS for as
         long as the mapping lives, so a 2.1 GB embedding read through one map shows as 2.1 GB
