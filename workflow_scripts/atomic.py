@@ -6,13 +6,12 @@ appears only through ``os.replace``, which is atomic on one filesystem.
 
 from __future__ import annotations
 
-import errno
 import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from workflow_scripts.errors import UserError
+from workflow_scripts.errors import DISK_FULL_ERRNOS, disk_full
 
 
 def partial_path(final: Path | str) -> Path:
@@ -32,18 +31,11 @@ def atomic_output(final: Path | str) -> Iterator[Path]:
         yield tmp
         os.replace(tmp, final)
     except OSError as err:
-        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        if err.errno in DISK_FULL_ERRNOS:
             raise disk_full(final) from None
         raise
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def disk_full(final: Path | str) -> UserError:
-    """The one-line error of a write that ran out of space (nothing of it is left behind)."""
-    return UserError(f"{final}: disk full (no space left on device) while writing it; nothing of it was kept. "
-                     "Free space on that file system (or move results/ to a larger one) and run again: "
-                     "finished outputs are kept")
 
 
 def atomic_write_text(final: Path | str, text: str) -> None:

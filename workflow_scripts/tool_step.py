@@ -9,7 +9,6 @@ last log lines become the job's error message.
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import os
 import shutil
@@ -19,10 +18,10 @@ import sys
 import time
 from pathlib import Path
 
-from workflow_scripts.atomic import disk_full, partial_path
+from workflow_scripts.atomic import partial_path
 from workflow_scripts.checksums import verify, write_sidecar
 from workflow_scripts.disk_plan import check_logits_file
-from workflow_scripts.errors import UserError, run_cli
+from workflow_scripts.errors import DISK_FULL_ERRNOS, UserError, disk_full, run_cli
 from workflow_scripts.gguf_header import read_gguf_header
 
 TAIL_LINES = 15
@@ -92,10 +91,11 @@ def run_tool(stamp: Path, tool: str, args: list[str], output: Path, log: Path,
         run_logged(cmd, log, tool, str(output), expect=tmp)
         # llama.cpp's writers do not check their writes: on a full disk a tool exits 0 with a
         # cut-short file. Where the disk is (nearly) full, the output must be as long as it says.
-        if disk_full_reason(tmp, log) and output.suffix == ".gguf":
-            read_gguf_header(tmp)
-        elif disk_full_reason(tmp, log) and output.suffix == ".logits":
-            check_logits_file(tmp)
+        if disk_full_reason(tmp, log):
+            if output.suffix == ".gguf":
+                read_gguf_header(tmp)
+            elif output.suffix == ".logits":
+                check_logits_file(tmp)
     except UserError as err:
         full = disk_full_reason(tmp, log)
         tmp.unlink(missing_ok=True)
@@ -104,7 +104,7 @@ def run_tool(stamp: Path, tool: str, args: list[str], output: Path, log: Path,
         raise err
     except OSError as err:  # the log itself could not be written
         tmp.unlink(missing_ok=True)
-        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if err.errno not in DISK_FULL_ERRNOS:
             raise
         raise UserError(f"{disk_full(output)} (writing its log {log})") from None
     os.replace(tmp, output)
