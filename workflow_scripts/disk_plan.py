@@ -43,13 +43,6 @@ MIB = 1 << 20
 SMALL_FILES = MIB
 META_EXTRA = 64 * 1024
 MIXTURE_MARGIN = 1.15
-# tensor_type_fallback (src/llama-quant.cpp of the pinned llama.cpp): the 32-value-block type a
-# tensor gets when its rows are not a multiple of the target type's block.
-ROW_FALLBACK = {
-    "IQ1_S": "IQ4_NL", "IQ1_M": "IQ4_NL", "IQ2_XXS": "IQ4_NL", "IQ2_XS": "IQ4_NL", "IQ2_S": "IQ4_NL",
-    "IQ3_XXS": "IQ4_NL", "IQ3_S": "IQ4_NL", "IQ4_XS": "IQ4_NL", "Q2_0": "Q4_0", "Q2_K": "Q4_0", "Q3_K": "Q4_0",
-    "TQ1_0": "Q4_0", "TQ2_0": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0",
-}
 MIXTURE_SUFFIXES = ("_S", "_M", "_L", "_XS")
 
 
@@ -124,7 +117,7 @@ def _bits(tensor_type: str) -> float:
 
 
 def _matrix_bits(tensor: Tensor, base: str, floor: float) -> float:
-    from workflow_scripts.quant_types import block_size
+    from workflow_scripts.quant_types import ROW_FALLBACK, block_size
 
     chosen = base if tensor.row % block_size(base) == 0 else ROW_FALLBACK.get(base, "Q8_0")
     bits = max(_bits(chosen), floor)

@@ -36,6 +36,13 @@ IMATRIX_REQUIRED_TENSOR_TYPES = frozenset({"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS"
 # (Q1_0, block 128: any model whose hidden size is not a multiple of 128). Every other type with a
 # block over 32 values falls back to a type of 32-value blocks for such a tensor.
 NO_ROW_FALLBACK = frozenset({"Q1_0"})
+# tensor_type_fallback (src/llama-quant.cpp of the pinned llama.cpp): the 32-value-block type a
+# tensor gets when its rows are not a multiple of the target type's block.
+ROW_FALLBACK = {
+    "IQ1_S": "IQ4_NL", "IQ1_M": "IQ4_NL", "IQ2_XXS": "IQ4_NL", "IQ2_XS": "IQ4_NL", "IQ2_S": "IQ4_NL",
+    "IQ3_XXS": "IQ4_NL", "IQ3_S": "IQ4_NL", "IQ4_XS": "IQ4_NL", "Q2_0": "Q4_0", "Q2_K": "Q4_0", "Q3_K": "Q4_0",
+    "TQ1_0": "Q4_0", "TQ2_0": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0",
+}
 
 # File types whose base type is not what most tensors get: MXFP4_MOE gives MXFP4 only to MoE expert
 # tensors and Q8_0 to every other one (llama_tensor_get_type_impl), so a dense model's file is all Q8_0.
