@@ -1,21 +1,30 @@
 #!/usr/bin/env bash
-# The workflow on a random-weight ~1B Llama, twice on one GPU host: a CUDA toolchain with a GPU
-# tier, then a CPU toolchain with a CPU tier; then both sides' figures side by side (docs/gpu.md).
+# The workflow on a random-weight Llama, twice on one GPU host: a CUDA toolchain with a GPU tier,
+# then a CPU toolchain with a CPU tier; then both sides' figures side by side (docs/gpu.md).
+# SHAPE=1b (default): a ~1B Llama, imatrix, Q8_0 and Q4_K_M validated and benchmarked.
+# SHAPE=8b: Llama-3.1-8B's shapes from BF16 safetensors shards, the whole workflow (package too) with
+# Q8_0, Q4_K_M and IQ4_XS; run it with SIDES "cuda" (the CPU side would take hours).
 # The host needs CUDA, CMake, Python 3.12 with torch, and no internet: everything else comes from
 # the offline bundle made beforehand with `scripts/offline-bundle.sh .bundle` on a connected host.
 # Usage: benchmarks/gpu_measure.sh [SIDES]   SIDES: "cuda cpu" (default), "cuda" or "cpu"
 # Environment: BUNDLE (default .bundle), WORK (default /tmp/gguf-forge-gpu), OUT (copies of the
-# figures, default $WORK/out), MODEL_ARGS (e.g. "--layers 2 --hidden 256" for a quick trial).
+# figures, default $WORK/out), MODEL_ARGS (e.g. "--layers 2 --hidden 256" for a quick 1b trial),
+# BUDGET_S (stop the workflow so that the script ends within this many seconds; run it again and it
+# resumes where it stopped: the toolchain, the model and finished jobs are kept under WORK).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 bundle=$(cd "${BUNDLE:-$root/.bundle}" && pwd)
 sides=${1:-cuda cpu}
+shape=${SHAPE:-1b}
+model=rand$shape
 work=${WORK:-/tmp/gguf-forge-gpu}
 out=${OUT:-$work/out}
 cores=$(nproc)
 mkdir -p "$work/src" "$out"
 stamp() { echo "[$(date +%T)] $*"; }
+started=$SECONDS
+df -h "$work" | tee "$out/df-start.txt"
 
 stamp "environment: a venv layered over the host's python3 packages, the bundle's wheels for the rest"
 # (--system-site-packages would skip them where python3 is itself a virtual environment)
@@ -29,6 +38,9 @@ fi
 [ -d "$work/src/llama.cpp" ] || tar -xJf "$bundle/llama.cpp.tar.xz" -C "$work/src"
 export PATH=$work/venv/bin:$PATH PYTHONPATH=$root:$bundle/site
 export GGUF_FORGE_CACHE=$work/cache GGUF_FORGE_LLAMA_CPP_SRC=$work/src/llama.cpp
+# The system compiler, which links libstdc++ as a shared library: a CC/CXX that links it statically
+# into libllama makes llama-cpp-python crash beside the interpreter's own copy (docs/gpu.md).
+if [ -x /usr/bin/gcc ] && [ -x /usr/bin/g++ ]; then export CC=/usr/bin/gcc CXX=/usr/bin/g++; fi
 nvidia-smi --query-gpu=name,memory.total,compute_cap,driver_version --format=csv,noheader || true
 
 stamp "toolchains (the workflow's own toolchain jobs then reuse them) and the model, side by side"
@@ -39,8 +51,8 @@ for side in $sides; do
         --stamp "$work/$side/prebuilt.json" --log "$work/$side/toolchain.log" &
     pids+=($!)
 done
-[ -f "$work/model/model.safetensors" ] || python -m benchmarks.gpu_measure model "$work/model" ${MODEL_ARGS:-}
-for pid in "${pids[@]}"; do wait "$pid"; done
+[ -f "$work/$model/config.json" ] || python -m benchmarks.gpu_measure model "$work/$model" --shape "$shape" ${MODEL_ARGS:-}
+for pid in "${pids[@]}"; do wait "$pid" || { tail -40 "$work"/*/toolchain.log; exit 1; }; done
 for side in $sides; do
     stamp "$side toolchain built in $(python -c 'import json,sys; print(json.load(open(sys.argv[1]))["build_seconds"])' \
         "$work/$side/prebuilt.json") s"
@@ -48,13 +60,23 @@ done
 
 for side in $sides; do
     stamp "workflow, $side side"
-    targets=$(python -m benchmarks.gpu_measure config --backend "$side" --model-dir "$work/model" --out "$work/$side/config.yaml")
+    targets=$(python -m benchmarks.gpu_measure config --backend "$side" --model-dir "$work/$model" --shape "$shape" \
+        --out "$work/$side/config.yaml")
+    limit=0
+    [ -z "${BUDGET_S:-}" ] || limit=$((BUDGET_S - (SECONDS - started) - 45))
+    if [ -n "${BUDGET_S:-}" ] && [ "$limit" -lt 1 ]; then stamp "$side side: no time left in BUDGET_S; run again to go on"; continue; fi
     # --keep-going and no exit on failure: one failed job leaves a gap in the table, not an empty one
-    (cd "$work/$side" && snakemake -s "$root/Snakefile" --configfile config.yaml --cores "$cores" --keep-going $targets) \
-        || stamp "$side side: some jobs failed (above); the table shows what was measured"
-    tar -czf "$out/$side-results.tar.gz" --ignore-failed-read --exclude '*.logits' -C "$work/$side" results/toolchain \
-        results/benchmarks results/logs results/rand1b/benchmark results/rand1b/validate
+    (cd "$work/$side" && timeout -s INT -k 30 "$limit" snakemake -s "$root/Snakefile" --configfile config.yaml \
+        --cores "$cores" --keep-going --rerun-incomplete $targets) \
+        || stamp "$side side: stopped or some jobs failed (above); the table shows what was measured"
+    if [ -f "$work/$side/results/summary/summary.md" ] && [ $((SECONDS - started)) -lt $((${BUDGET_S:-100000} - 150)) ]; then
+        stamp "$side side: llama-bench by hand on the same files, against the workflow's figures"
+        python -m benchmarks.bench_vs_hand --workdir "$work/$side" --model "$model" | tee "$out/$side-bench-vs-hand.txt" || true
+    fi
+    tar -czf "$out/$side-results.tar.gz" --ignore-failed-read --exclude '*.logits' --exclude '*.gguf' \
+        --exclude '*.partial' -C "$work/$side" results
 done
 
 stamp "figures"
-python -m benchmarks.gpu_measure table --cpu "$work/cpu" --cuda "$work/cuda" | tee "$out/gpu_table.md"
+df -h "$work" | tee "$out/df-end.txt"
+python -m benchmarks.gpu_measure table --cpu "$work/cpu" --cuda "$work/cuda" --shape "$shape" | tee "$out/gpu_table.md"
