@@ -27,6 +27,7 @@ include: "rules/quantize.smk"
 include: "rules/validate.smk"
 include: "rules/speed.smk"
 include: "rules/package.smk"
+include: "rules/publish.smk"
 
 
 rule all:

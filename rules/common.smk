@@ -130,12 +130,21 @@ def calibration_source(wildcards):
 
 @per_job
 def imatrix_params(wildcards):
+    """llama-imatrix's calibration options. Its intermediate saves (every --output-frequency
+    chunks) are of no use here (the file is kept only once the tool succeeds) and would each log
+    their own partial-data warnings: set above the chunk count, only the final save happens.
+    """
     cal = MODELS[wildcards.model].calibration
-    return f"--chunks {cal['chunks']} -c {cal['ctx']}"
+    return f"--chunks {cal['chunks']} -c {cal['ctx']} --output-frequency {cal['chunks'] + 1}"
 
 
 def imatrix_path(model):
     return f"results/{model}/imatrix/{model}.imatrix.gguf"
+
+
+def coverage_path(model):
+    """The imatrix's expert coverage record (written by the imatrix rule beside it)."""
+    return f"results/{model}/imatrix/{model}.imatrix.coverage.json"
 
 
 def quant_path(model, build):
@@ -201,6 +210,26 @@ GPU_LAYERS = gpu_layers_option(PLAN.toolchain)
 @per_job
 def model_imatrix(wildcards):
     return [imatrix_path(wildcards.model)] if MODELS[wildcards.model].imatrix else []
+
+
+@per_job
+def build_coverage(wildcards):
+    """The imatrix's expert coverage for a build made with it (its gate may judge it), else nothing."""
+    return (
+        {"coverage": coverage_path(wildcards.model)}
+        if MODELS[wildcards.model].builds[wildcards.build].imatrix
+        else {}
+    )
+
+
+@per_job
+def model_coverage(wildcards):
+    """The model's imatrix expert coverage, for its validation report, if it has an imatrix."""
+    return (
+        {"coverage": coverage_path(wildcards.model)}
+        if MODELS[wildcards.model].imatrix
+        else {}
+    )
 
 
 def fallback_chain(model):
@@ -317,6 +346,12 @@ def logits_output(path):
 
 
 SANITY = json.dumps(config["sanity"], sort_keys=True)
+# The chat-template check's sanity turn: its token budget, or none (chat_template.sanity_turn: false).
+CHAT_SANITY = (
+    f"--sanity-max-tokens {config['chat_template']['max_tokens']}"
+    if config["chat_template"]["sanity_turn"]
+    else ""
+)
 # What a speed job measures with; how speeds are judged (tie_floor_pct) is the speed report's, so
 # changing it re-judges without measuring again.
 SPEED_SETTINGS = json.dumps(
@@ -352,6 +387,8 @@ def package_settings(wildcards):
                 for k in ("llama_cpp_python_version", "backend", "cmake_args")
             },
             "split_max_mb": PLAN.package["split_max_mb"],
+            "quantized_by": PLAN.package["quantized_by"],
+            "repo_id": model.get("publish", {}).get("repo_id"),
         },
         sort_keys=True,
     )
@@ -365,13 +402,15 @@ def package_texts(wildcards):
     return texts
 
 
-@per_job
-def calibration_option(wildcards, input):
-    return (
-        f"--calibration {shlex.quote(input.calibration)}"
-        if "calibration" in input.keys()
-        else ""
-    )
+def input_option(key):
+    """A params function: ``--<key> <path>`` when the job has the named input ``key`` (an input
+    given only to some jobs, through unpack()), else nothing."""
+
+    @per_job
+    def option(wildcards, input):
+        return f"--{key} {shlex.quote(input[key])}" if key in input.keys() else ""
+
+    return option
 
 
 def disk_prediction(wildcards):
@@ -379,8 +418,43 @@ def disk_prediction(wildcards):
     return prediction_json(PLAN.disk[wildcards.model])
 
 
+def published_records(wildcards=None):
+    """Each published model's record (publish.enabled; none when off, so nothing asks for an upload)."""
+    return [f"results/package/{m}/published.json" for m in sorted(PLAN.publish)]
+
+
+def publish_target(wildcards):
+    """What `snakemake publish` makes; refused when publishing is off."""
+    if not PLAN.publish:
+        raise WorkflowError(
+            "publish: publish.enabled is false in the config; set it to true (and publish.repo_id on "
+            "each model to publish) to upload packages to the Hugging Face Hub"
+        )
+    return published_records()
+
+
+@per_job
+def publish_options(wildcards):
+    """publish's settings for one model as workflow_scripts.publish options (a params re-run trigger)."""
+    settings = PLAN.publish[wildcards.model]
+    options = [
+        "--repo-id",
+        settings["repo_id"],
+        "--message",
+        settings["commit_message"],
+    ]
+    options.append("--private" if settings["private"] else "--no-private")
+    if settings["replace_foreign"]:
+        options.append("--replace-foreign")
+    return shlex.join(options)
+
+
 def get_final_output():
-    outputs = ["results/quality.csv", "results/summary/summary.csv"]
+    outputs = [
+        "results/quality.csv",
+        "results/summary/summary.csv",
+        *published_records(),
+    ]
     for name, plan in MODELS.items():
         outputs.append(f"results/package/{name}/SHA256SUMS")
         outputs.append(f"results/{name}/SHA256SUMS")

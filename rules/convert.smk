@@ -1,5 +1,6 @@
 # The full-precision reference (F16/BF16) every quant of a model is made from, then the check
-# that its tokenizer gives the same ids as the source's before anything is built on it.
+# that its tokenizer gives the same ids as the source's before anything is built on it, and the
+# check that it carries the source's chat template and llama.cpp renders chats as transformers does.
 
 
 rule convert:
@@ -41,3 +42,28 @@ rule tokenizer_parity:
     shell:
         "python -m workflow_scripts.tokenizer_parity --gguf {input.gguf} {params.reference} {params.verify}"
         " --text {input.text} --stamp {input.stamp} --out {output.report} > {log} 2>&1"
+
+
+# Quants copy the reference's metadata, template included: the reference is checked once per model.
+rule chat_template:
+    input:
+        gguf=REFERENCE_GGUF,
+        sha=f"{REFERENCE_GGUF}.sha256",
+        stamp=STAMP,
+        manifest="results/{model}/source/source.json",
+    output:
+        report="results/{model}/checks/chat_template.json",
+    log:
+        main="results/logs/chat_template/{model}.log",
+        server="results/logs/chat_template/{model}.server.log",
+    benchmark:
+        "results/benchmarks/chat_template/{model}.tsv"
+    threads: 2
+    params:
+        reference=parity_reference,
+        sanity=CHAT_SANITY,
+        verify=verify_options("gguf"),
+    shell:
+        "python -m workflow_scripts.chat_template --gguf {input.gguf} {params.reference} {params.verify}"
+        " {params.sanity} --stamp {input.stamp} --threads {threads} --server-log {log.server}"
+        " --out {output.report} > {log.main} 2>&1"

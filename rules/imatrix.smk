@@ -1,5 +1,6 @@
 # One importance matrix per model, reused by all its quants. The calibration text is copied to a
-# stable relative path first: llama.cpp writes that path into the imatrix and every quant.
+# stable relative path first: llama.cpp writes that path into the imatrix and every quant. Beside
+# the imatrix: how many experts of each MoE expert tensor it covered (workflow_scripts/imatrix.py).
 
 
 rule calibration_text:
@@ -25,6 +26,7 @@ rule imatrix:
     output:
         imatrix="results/{model}/imatrix/{model}.imatrix.gguf",
         sha="results/{model}/imatrix/{model}.imatrix.gguf.sha256",
+        coverage="results/{model}/imatrix/{model}.imatrix.coverage.json",
     log:
         "results/logs/imatrix/{model}.log",
     benchmark:
@@ -38,6 +40,7 @@ rule imatrix:
         verify=verify_options("gguf"),
         offload=OFFLOAD,
     shell:
-        "python -m workflow_scripts.tool_step --stamp {input.stamp} --output {output.imatrix} --log {log}"
-        " {params.verify} -- llama-imatrix -m {input.gguf} -f {input.text} -o {{out}} --output-format gguf"
-        " {params.calibration} -t {threads} --no-ppl {params.offload}"
+        "python -m workflow_scripts.imatrix --stamp {input.stamp} --output {output.imatrix} --log {log}"
+        " --reference {input.gguf} --coverage {output.coverage} {params.verify}"
+        " -- llama-imatrix -m {input.gguf} -f {input.text} -o {{out}} --output-format gguf {params.calibration}"
+        " -t {threads} --no-ppl {params.offload}"

@@ -26,7 +26,7 @@ rule package:
         "results/benchmarks/package/{model}.tsv"
     params:
         settings=package_settings,
-        calibration=calibration_option,
+        calibration=input_option("calibration"),
     shell:
         "python -m workflow_scripts.package --settings-json {params.settings:q} --report {input.report}"
         " --speed {input.speed} --stamp {input.stamp} --quant-dir results/{wildcards.model}/quant"
@@ -55,6 +55,7 @@ rule summary:
         ),
         speed=expand("results/{model}/speed_report.json", model=sorted(MODELS)),
         disk=expand("results/{model}/disk.json", model=sorted(MODELS)),
+        published=published_records,
     output:
         csv=report(
             "results/summary/summary.csv",
@@ -91,4 +92,5 @@ rule summary:
         tiers=" ".join(PLAN.tiers),
     shell:
         "python -m workflow_scripts.summary --validation {input.validation} --speed {input.speed}"
-        " --tiers {params.tiers} --disk {input.disk} --out-dir results/summary > {log} 2>&1"
+        " --tiers {params.tiers} --disk {input.disk} --published {input.published} --out-dir results/summary"
+        " > {log} 2>&1"

@@ -1,6 +1,7 @@
 # Quality of every build against its model's reference on held-out text: the reference logits
 # once per model, one KL-divergence run and one sanity generation per build, a verdict per build
-# by the configured gates, and the next fallback build for each one that failed.
+# by the configured gates (a build made with the imatrix also by its expert coverage), and the
+# next fallback build for each one that failed.
 
 
 rule reference_logits:
@@ -122,6 +123,7 @@ rule tensor_error:
 # A checkpoint: whether a build passed decides whether its next remedy is built (see fallback_chain()).
 checkpoint verdict:
     input:
+        unpack(build_coverage),
         metrics="results/{model}/validate/{build}.json",
         sanity="results/{model}/validate/{build}.sanity.json",
         tensors="results/{model}/validate/{build}.tensors.json",
@@ -131,15 +133,18 @@ checkpoint verdict:
         "results/logs/verdict/{model}-{build}.log",
     params:
         build=build_json,
+        coverage=input_option("coverage"),
     shell:
         "python -m workflow_scripts.validate verdict --metrics {input.metrics} --sanity {input.sanity}"
-        " --tensors {input.tensors} --build-json {params.build:q} --out {output} > {log} 2>&1"
+        " --tensors {input.tensors} {params.coverage} --build-json {params.build:q} --out {output} > {log} 2>&1"
 
 
 rule validation_report:
     input:
+        unpack(model_coverage),
         reference="results/{model}/validate/reference.json",
         sanity="results/{model}/validate/reference.sanity.json",
+        chat_template="results/{model}/checks/chat_template.json",
         verdicts=model_verdicts,
     output:
         "results/{model}/validation_report.json",
@@ -149,9 +154,12 @@ rule validation_report:
         "results/benchmarks/validation_report/{model}.tsv"
     params:
         attempts=attempts_json,
+        coverage=input_option("coverage"),
     shell:
         "python -m workflow_scripts.validate report --model {wildcards.model} --reference {input.reference}"
-        " --sanity {input.sanity} --verdicts {input.verdicts} --attempts-json {params.attempts:q} --out {output} > {log} 2>&1"
+        " --sanity {input.sanity} {params.coverage} --chat-template {input.chat_template}"
+        " --verdicts {input.verdicts} --attempts-json {params.attempts:q}"
+        " --out {output} > {log} 2>&1"
 
 
 rule quality_table:

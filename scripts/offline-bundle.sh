@@ -47,11 +47,14 @@ prefix=llama_cpp_python-$version
 tar -xzf "$sdist" -C "$work" "$prefix/llama_cpp" "$prefix/vendor/llama.cpp" "$prefix/.git/modules/vendor/llama.cpp/HEAD"
 rm -rf "$dir/site" && mkdir -p "$dir/site" && cp -r "$work/$prefix/llama_cpp" "$dir/site/"
 
-# 3. llama.cpp minus what neither the CMake build (tools on, tests/examples/server off; CPU or
-#    CUDA) nor convert_hf_to_gguf.py reads: docs, test data, vocab files, web UI, other backends.
+# 3. llama.cpp minus what neither the CMake build (tools and llama-server on, tests/examples and the
+#    server's web UI off; CPU or CUDA) nor convert_hf_to_gguf.py reads: docs, test data, vocab
+#    files, the web UI's sources (its CMake needs only CMakeLists.txt and the ui.*.in templates),
+#    other backends.
 src=$work/$prefix/vendor/llama.cpp
 (cd "$src" && rm -rf docs tests models media benches examples pocs ci .github .devops skills \
-    tools/ui tools/server ggml/src/ggml-{cann,et,hexagon,metal,opencl,openvino,sycl,virtgpu,vulkan,webgpu,zdnn,zendnn})
+    ggml/src/ggml-{cann,et,hexagon,metal,opencl,openvino,sycl,virtgpu,vulkan,webgpu,zdnn,zendnn})
+find "$src/tools/ui" -mindepth 1 -maxdepth 1 ! -name CMakeLists.txt ! -name 'ui.*.in' -exec rm -rf {} +
 cp "$work/$prefix/.git/modules/vendor/llama.cpp/HEAD" "$src/.forge-commit"
 echo "$version" >"$src/.forge-version"
 tar -C "$work/$prefix/vendor" -cJf "$dir/llama.cpp.tar.xz" llama.cpp

@@ -43,10 +43,11 @@ def hf_dir_of(tmp_path: Path, *files: str) -> Path:
     return d
 
 
-def small_gguf(path: Path, weight_type: str = "Q8_0") -> Path:
+def small_gguf(path: Path, weight_type: str = "Q8_0", chat_template: str | None = None) -> Path:
     """A llama-shaped GGUF with tokenizer arrays, a quantized 2-D weight, F32 2-D and 1-D tensors.
 
-    ``weight_type`` F16 makes a file that already is an F16 reference.
+    ``weight_type`` F16 makes a file that already is an F16 reference; ``chat_template`` is written
+    as ``tokenizer.chat_template``.
     """
     from gguf import GGMLQuantizationType, GGUFValueType, GGUFWriter
     from gguf.quants import quantize
@@ -63,6 +64,8 @@ def small_gguf(path: Path, weight_type: str = "Q8_0") -> Path:
     writer.add_token_types([3, 1, 1, 1, 1])
     writer.add_token_merges(["a b", "Ġ a"])
     writer.add_bool("tokenizer.ggml.add_bos_token", True)
+    if chat_template is not None:
+        writer.add_chat_template(chat_template)
     qtype = GGMLQuantizationType[weight_type]
     weight = rng.standard_normal((8, 64)).astype(np.float32)
     writer.add_tensor("blk.0.attn_q.weight", quantize(weight, qtype), raw_dtype=qtype)

@@ -54,12 +54,12 @@ def test_quant_options_become_llama_quantize_arguments(base):
 
 def test_variants_are_builds_of_a_type_with_their_own_settings(base):
     base["quant_options"] = {"Q4_K_M": {"tensor_types": {"attn_v": "Q6_K"}}}
-    base["variants"] = {"Q4_K_M-static": {"type": "Q4_K_M", "imatrix": False},
+    base["variants"] = {"Q4_K_M_static": {"type": "Q4_K_M", "imatrix": False},
                         "Q4_K_L": {"type": "Q4_K_M", "output_tensor_type": "Q8_0", "token_embedding_type": "Q8_0"}}
-    base["models"][1]["quants"] = ["Q4_K_M", "Q4_K_M-static", "Q4_K_L"]
+    base["models"][1]["quants"] = ["Q4_K_M", "Q4_K_M_static", "Q4_K_L"]
     builds = build_plan(base, "c.yaml").models["b"].builds
-    assert builds["Q4_K_M-static"].type == "Q4_K_M" and not builds["Q4_K_M-static"].imatrix
-    assert builds["Q4_K_M-static"].recipe == builds["Q4_K_M"].recipe == ("--tensor-type", "attn_v=Q6_K")
+    assert builds["Q4_K_M_static"].type == "Q4_K_M" and not builds["Q4_K_M_static"].imatrix
+    assert builds["Q4_K_M_static"].recipe == builds["Q4_K_M"].recipe == ("--tensor-type", "attn_v=Q6_K")
     assert builds["Q4_K_L"].imatrix and builds["Q4_K_L"].recipe == (
         "--tensor-type", "attn_v=Q6_K", "--output-tensor-type", "Q8_0", "--token-embedding-type", "Q8_0")
 

@@ -88,6 +88,16 @@ REFUSED = [
      "fallback.remedies[0].name: 'Q4_K_M-x.Sanity' makes validate/Q4_K_M-x.Sanity.json"),
     ({"quants": ["Q8_0-00001-of-00002"], "variants": {"Q8_0-00001-of-00002": {"type": "Q8_0"}}},
      "quants[0]: 'Q8_0-00001-of-00002' is how llama-gguf-split names the part of a larger build in the package"),
+    # a label whose `-hf REPO:TAG` tag would also pick another label's package file (llama.cpp: the tag followed
+    # by '-' or '.' anywhere in the name, ignoring case)
+    ({"quants": ["Q4_K_M", "Q4_K_M-static"], "variants": {"Q4_K_M-static": {"type": "Q4_K_M", "imatrix": False}}},
+     "quants: 'Q4_K_M' and 'Q4_K_M-static': `-hf REPO:Q4_K_M` would also select m-Q4_K_M-static.gguf (llama.cpp "
+     "picks the first file whose name contains the tag followed by '-' or '.'); expected model, quant and variant "
+     "names that stay apart that way (a variant Q4_K_M-static beside Q4_K_M can be named Q4_K_M_static)"),
+    ({"models": [model(quants=["q1_0", "TQ1_0"])], "variants": {"q1_0": {"type": "Q8_0"}}},
+     "models[0].quants: 'q1_0' and 'TQ1_0': `-hf REPO:q1_0` would also select m-TQ1_0.gguf"),
+    ({"models": [model("x-Q8_0", quants=["Q8_0", "Q6_K"])]},
+     "models[0].quants: 'Q8_0' and 'Q6_K': `-hf REPO:Q8_0` would also select x-Q8_0-Q6_K.gguf"),
     # models named like a fixed entry of results/
     *[({"models": [model(name)]}, f"models[0].name: {name!r} is the name of results/{name.lower()}; expected a model "
        "name other than benchmarks, logs, package, quality.csv, summary, toolchain")
@@ -174,8 +184,13 @@ def test_plan_time_checks_refuse_naming_the_field(workdir, config, expected):
 @pytest.mark.parametrize("config", [
     {"models": [model("llama-3"), model("llama-3-instruct")]},  # a prefix alone is fine
     {"tiers": [tier("x-y")], "quants": ["y-F16"], "variants": {"y-F16": {"type": "Q8_0"}}, "models": [model("m-x")]},
-    {"quants": ["Q4_K_M", "Q4_K_M-static"], "variants": {"Q4_K_M-static": {"type": "Q4_K_M", "imatrix": False}}},
-    {"quants": ["F16", "BF16"]},  # the reference's own type: one speed job measures both
+    {"quants": ["Q4_K_M", "Q4_K_M_static"], "variants": {"Q4_K_M_static": {"type": "Q4_K_M", "imatrix": False}}},
+    {"quants": ["Q4_K_M", "Q4_K_S", "IQ4_XS", "IQ4_NL", "Q8_0", "Q2_K", "Q2_K_S", "IQ2_XS", "IQ2_XXS", "IQ3_XS",
+                "IQ3_XXS", "Q4_K_L"], "variants": {"Q4_K_L": {"type": "Q4_K_M"}}},  # each tag finds one file only
+    # the reference's own type: one speed job measures both; in one package `-hf REPO:F16` may also pick
+    # the BF16 file, but two llama.cpp type names cannot be renamed (the card says how to ask for the file)
+    {"quants": ["F16", "BF16"]},
+    {"quants": ["Q1_0", "TQ1_0"]},
     {"quant_options": {"Q4_K_M": {"tensor_types": {"blk\\.[0-3]\\.ffn_(up|down)": "Q8_0", "attn_v$": "Q6_K",
                                                    "^token_embd": "Q8_0", "(?:attn_k|attn_q)": "Q6_K",
                                                    "blk\\.\\d{1,2}\\.": "Q5_K", "(?!x)attn_output": "Q6_K"}}}},

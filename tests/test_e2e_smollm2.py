@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from tests.dag import planned_jobs
+from tests.hf_tag import candidates
 from workflow_scripts.checksums import sha256_file
 from tests.workflow_run import CALIBRATION, scenario, snakemake
 
@@ -180,12 +181,16 @@ def test_a_failed_quant_is_retried_with_its_sensitive_tensors_raised(demo):
 def test_the_package_holds_exactly_the_builds_that_ship(demo):
     workdir, _, _ = demo
     package = workdir / "results" / "package" / MODEL
-    shipped = {f"{MODEL}-{q}.gguf" for q in QUANTS if q != "IQ4_XS"} | {f"{MODEL}-{REMEDY}.gguf"}
+    shipped = {f"{MODEL}-{q}.gguf" for q in QUANTS}  # each under its label, IQ4_XS the remedy's file
     assert {p.name for p in package.iterdir()} == shipped | {
-        f"{MODEL}.imatrix.gguf", "SHA256SUMS", "manifest.json", "README.md"}
+        f"{MODEL}.imatrix.gguf", f"{MODEL}.intoto.jsonl", "SHA256SUMS", "manifest.json", "README.md"}
     check = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=package, capture_output=True, text=True)
-    assert check.returncode == 0 and check.stdout.count(": OK") == len(shipped) + 3, check.stdout
+    assert check.returncode == 0 and check.stdout.count(": OK") == len(shipped) + 4, check.stdout
     assert (package / f"{MODEL}-Q8_0.gguf").stat().st_ino == _quant(workdir, "Q8_0").stat().st_ino  # hard link
+    assert (package / f"{MODEL}-IQ4_XS.gguf").stat().st_ino == _quant(workdir, REMEDY).stat().st_ino
+    listing = sorted(p.name for p in package.iterdir())  # llama.cpp's -hf REPO:TAG rule (tests/hf_tag.py)
+    assert {q: candidates(listing, q.lower()) for q in QUANTS} == {q: [f"{MODEL}-{q}.gguf"] for q in QUANTS}
+    assert candidates(listing, "imatrix") == []
     manifest = json.loads((package / "manifest.json").read_text())
     entry = next(e for e in manifest["files"] if e["build"] == REMEDY)
     assert entry["requested_as"] == "IQ4_XS" and entry["verdict"] == "passed"
@@ -196,7 +201,11 @@ def test_the_package_holds_exactly_the_builds_that_ship(demo):
     assert manifest["toolchain"]["llama_cpp_commit"] == stamp["llama_cpp_commit"] == "0c1e57098bba43ac29e6e3b677cdceebdd22334f"
     card = (package / "README.md").read_text()
     assert card.startswith("---\nbase_model: HuggingFaceTB/SmolLM2-135M-Instruct\n") and "license: apache-2.0" in card
-    assert f"`{MODEL}-{REMEDY}.gguf` | IQ4_XS ({REMEDY})" in card and f"`{MODEL}-IQ4_XS.gguf`" not in card
+    assert "base_model_relation: quantized" in card and "quantized_by: gguf-forge" in card
+    assert (f"| IQ4_XS | `{MODEL}-IQ4_XS.gguf` | IQ4_XS with attn_v Q8_0, ffn_down Q6_K, output Q8_0, token_embd Q8_0 "
+            f"(build {REMEDY}) |") in card and f"{MODEL}-{REMEDY}.gguf" not in card
+    assert f"llama-server -hf <user>/{MODEL}-GGUF:Q4_K_M" in card and f"ollama run hf.co/<user>/{MODEL}-GGUF:Q4_K_M" in card
+    assert "```jinja\n{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}" in card
 
 
 def test_shipped_builds_are_benchmarked_per_tier_and_recommended(demo):
@@ -286,9 +295,9 @@ def test_static_twin_is_compared_with_the_imatrix_build(demo, tmp_path):
     config = scenario("demo-static-twin", workdir / "static-twin")
     snakemake(workdir, config)
     report = json.loads((workdir / "results" / MODEL / "validation_report.json").read_text())
-    static, imatrix = report["quants"]["Q4_K_M-static"], report["quants"]["Q4_K_M"]
-    assert static["build"] == {**imatrix["build"], "imatrix": False, "requested_as": "Q4_K_M-static"}
-    fields = _gguf_fields(_quant(workdir, "Q4_K_M-static"))
+    static, imatrix = report["quants"]["Q4_K_M_static"], report["quants"]["Q4_K_M"]
+    assert static["build"] == {**imatrix["build"], "imatrix": False, "requested_as": "Q4_K_M_static"}
+    fields = _gguf_fields(_quant(workdir, "Q4_K_M_static"))
     assert not any(key.startswith("quantize.imatrix") for key in fields)
     # Measured here: the imatrix build clearly better (mean KLD 0.039 against 0.068), no violation.
     assert imatrix["kld_mean"] < 0.8 * static["kld_mean"]
@@ -297,7 +306,7 @@ def test_static_twin_is_compared_with_the_imatrix_build(demo, tmp_path):
     verdicts = []
     for build in (b for tried in report["attempts"].values() for b in tried):
         entry = json.loads((workdir / "results" / MODEL / "validate" / f"{build}.verdict.json").read_text())
-        if build == "Q4_K_M-static":
+        if build == "Q4_K_M_static":
             entry["kld_mean"] = 0.001
         verdicts.append(tmp_path / f"{build}.verdict.json")
         verdicts[-1].write_text(json.dumps(entry))
@@ -308,10 +317,31 @@ def test_static_twin_is_compared_with_the_imatrix_build(demo, tmp_path):
                     "--attempts-json", json.dumps(report["attempts"]), "--out", str(out)], check=True)
     violated = json.loads(out.read_text())["invariants"]["imatrix_not_worse_than_static"]
     assert violated == {"checked": 1, "violations": [
-        f"Q4_K_M (imatrix) has mean KLD {imatrix['kld_mean']} > Q4_K_M-static (static, 0.001)"]}
+        f"Q4_K_M (imatrix) has mean KLD {imatrix['kld_mean']} > Q4_K_M_static (static, 0.001)"]}
 
 
 def _gguf_fields(path: Path) -> dict:
     from gguf import GGUFReader
 
     return {k: f.contents() for k, f in GGUFReader(path).fields.items()}
+
+
+def test_the_chat_template_is_the_sources_and_renders_like_transformers(demo, smollm2_gguf):
+    """SmolLM2's ChatML template (no tools): three conversations give transformers' ids through
+    llama-server, and the reference ends its answer with <|im_end|> (id 2) within the budget. The
+    check runs on the reference only: every quant carries the source's template unchanged."""
+    from workflow_scripts.gguf_header import read_gguf_header
+
+    workdir, _, _ = demo
+    template = read_gguf_header(smollm2_gguf).metadata["tokenizer.chat_template"]
+    for quant in QUANTS:
+        assert read_gguf_header(_quant(workdir, quant)).metadata["tokenizer.chat_template"] == template
+    record = json.loads((workdir / "results" / MODEL / "checks" / "chat_template.json").read_text())
+    assert record["verdict"] == "passed" and record["reasons"] == [] and record["templates_equal"] is True
+    assert [(r["conversation"], r["identical"]) for r in record["conversations"]] == [
+        ("system and user", True), ("several turns", True), ("user alone", True)]
+    turn = record["sanity_turn"]
+    assert turn["end_of_turn_piece"] == "<|im_end|>" and turn["stop_token"] == turn["end_of_turn_token"] == 2
+    assert 0 < turn["tokens"] < turn["max_tokens"] and "Paris" in turn["text"]
+    report = json.loads((workdir / "results" / MODEL / "validation_report.json").read_text())
+    assert report["chat_template"]["verdict"] == "passed"

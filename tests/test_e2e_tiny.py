@@ -23,6 +23,14 @@ def test_local_source_is_converted_with_the_pinned_script_and_checked(tiny_run):
     assert subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=model, capture_output=True).returncode == 0
 
 
+def test_a_source_without_a_chat_template_is_not_applicable(tiny_run):
+    model = tiny_run.workdir / "results" / "tiny"
+    record = json.loads((model / "checks" / "chat_template.json").read_text())
+    assert record == {"verdict": "not applicable", "reasons": [], "why": "the source has no chat template",
+                      "seconds": record["seconds"]}
+    assert json.loads((model / "validation_report.json").read_text())["chat_template"]["verdict"] == "not applicable"
+
+
 def test_per_quant_overrides_reach_the_file(tiny_run):
     workdir = tiny_run.workdir
     census = json.loads((workdir / "results/tiny/quant/tiny-Q4_K_M.census.json").read_text())

@@ -63,7 +63,7 @@ def test_every_consumer_checks_the_ggufs_it_reads_unless_verify_inputs_is_off(ti
             continue
         assert sorted(verified) == sorted(reads), job
         checked |= {job["rule"]} if reads else set()
-    assert checked == {"tokenizer_parity", "imatrix", "quantize", "reference_logits", "validate_quant",
+    assert checked == {"tokenizer_parity", "chat_template", "imatrix", "quantize", "reference_logits", "validate_quant",
                        "sanity_reference", "sanity_quant", "tensor_error", "speed"}
     assert not [job for job in off if "--verify" in job["command"]]
     assert sorted((job["rule"], " ".join(re.sub(r"--verify \S+", "", job["command"]).split())) for job in on) == sorted(
@@ -172,7 +172,8 @@ def test_a_toolchain_change_makes_everything_built_with_it_stale(tiny_run, tmp_p
     config = _tiny_config(tmp_path, "toolchain.yaml", toolchain=change)
     reasons = planned_reasons(tiny_run.workdir, config)
     assert {rule: len(why) for rule, why in reasons.items()} == {
-        "toolchain": 1, "convert": 1, "tokenizer_parity": 1, "imatrix": 1, "quantize": 3, "reference_logits": 1,
+        "toolchain": 1, "convert": 1, "tokenizer_parity": 1, "chat_template": 1, "imatrix": 1, "quantize": 3,
+        "reference_logits": 1,
         "validate_quant": 3, "sanity_reference": 1, "sanity_quant": 3, "tensor_error": 3, "verdict": 3, "speed": 1,
         "validation_report": 1, "quality_table": 1, "sha256sums": 1, "speed_report": 1, "package": 1,
         "disk_report": 1, "summary": 1}

@@ -124,7 +124,7 @@ BAD_INPUT = [
       for name in ("../x", "/abs", "a/b", ".", "..")],
     # names and bounds (plan-time checks)
     Case("variant-named-like-a-quant-type", "variants.Q4_K_M: a variant may not be named like the quant type Q4_K_M; "
-         "expected another name (e.g. Q4_K_M-static)", {"quants": ["Q4_K_M"], "variants": {"Q4_K_M": {"type": "Q4_K_M"}}}),
+         "expected another name (e.g. Q4_K_M_static)", {"quants": ["Q4_K_M"], "variants": {"Q4_K_M": {"type": "Q4_K_M"}}}),
     Case("model-name-trailing-newline", "models[0].name: 'm\\n' does not match '^[A-Za-z0-9][A-Za-z0-9._-]*$'",
          {"models": [model("m\n")]}),
     Case("model-name-control-character", "models[0].name: 'm\\x1b' does not match", {"models": [model("m\x1b")]}),

@@ -25,12 +25,12 @@ def write_config(workdir: Path, config: dict, name: str = "config.yaml") -> Path
     return path
 
 
-def scenario(name: str, workdir: Path, tiny_hf: Path | None = None) -> Path:
+def scenario(name: str, workdir: Path, tiny_hf: Path | None = None, model_dir: str = TINY_MODEL_DIR) -> Path:
     """Lay out scenario ``name`` (tests/scenarios/<name>/) in ``workdir``, with the tiny model
-    linked where its config looks for it; returns the config file."""
+    linked where its config looks for it (``model_dir``); returns the config file."""
     shutil.copytree(SCENARIOS / name, workdir, dirs_exist_ok=True)
     if tiny_hf is not None:
-        (workdir / TINY_MODEL_DIR).symlink_to(tiny_hf, target_is_directory=True)
+        (workdir / model_dir).symlink_to(tiny_hf, target_is_directory=True)
     return workdir / "config.yaml"
 
 

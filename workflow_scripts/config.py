@@ -24,7 +24,7 @@ import yaml
 
 from workflow_scripts.calibration import TextFacts, check_scan
 from workflow_scripts.errors import UserError
-from workflow_scripts.names import Claims, check_build_name, check_flat_names, check_model_name
+from workflow_scripts.names import Claims, check_build_name, check_flat_names, check_model_name, check_package_tags
 from workflow_scripts.paths import DIRECTORY, FILE, path_kind, path_problem
 from workflow_scripts.quant_types import (
     IMATRIX_REQUIRED_QUANTS, IMATRIX_REQUIRED_TENSOR_TYPES, bits_per_weight, remedy_floor, supported_quant_types,
@@ -95,6 +95,7 @@ class Plan:
     benchmark: dict[str, Any] = field(default_factory=dict)
     package: dict[str, Any] = field(default_factory=dict)
     disk: dict[str, Any] = field(default_factory=dict)  # model → disk_plan.ModelNeed (predicted files)
+    publish: dict[str, dict[str, Any]] = field(default_factory=dict)  # model → publish settings; empty unless enabled
 
 
 @functools.cache
@@ -368,7 +369,7 @@ def _build(quant: str, where: str, config: dict, imatrix: bool, schema: dict, so
         return Build(quant, imatrix, _merge_options({}, config["quant_options"].get(quant, {})))
     if quant in types:
         raise UserError(f"{source_name}: variants.{quant}: a variant may not be named like the quant type {quant}; "
-                        f"expected another name (e.g. {quant}-static)")
+                        f"expected another name (e.g. {quant}_static)")
     options = _merge_options(config["quant_options"].get(variant["type"], {}), variant)
     return Build(variant["type"], variant.get("imatrix", imatrix), options)
 
@@ -440,6 +441,9 @@ def build_plan(config: dict, source_name: str = "config", base: Path | str = "."
     tiers = _check_tiers(config["tiers"], source_name)
     check_flat_names({name: plan.builds for name, plan in models.items()}, list(tiers), config["reference_type"],
                      source_name)
+    for index, model in enumerate(config["models"]):
+        check_package_tags(model["name"], models[model["name"]].quants, set(schema["$defs"]["quant_type"]["enum"]),
+                           f"models[{index}].quants" if "quants" in model else "quants", source_name)
     toolchain = config["toolchain"]
     if toolchain.get("build_dir"):
         _check_build_dir(toolchain, source_name, base)
@@ -451,7 +455,30 @@ def build_plan(config: dict, source_name: str = "config", base: Path | str = "."
         check_disk(list(disk.values()), base, source_name, free_bytes)
     return Plan(toolchain=toolchain, evaluation=evaluation, reference_type=config["reference_type"],
                 verify_inputs=config["verify_inputs"], models=models, tiers=tiers, benchmark=config["benchmark"],
-                package=config["package"], disk=disk)
+                package=config["package"], disk=disk, publish=_check_publish(config, source_name))
+
+
+def _check_publish(config: dict, source_name: str) -> dict[str, dict[str, Any]]:
+    """Each published model's settings (the model's publish keys over the top-level ones), or none
+    unless publish.enabled. Repository ids are checked as the Hub checks them even when publishing
+    is off, and one repository takes one model: two packages would each replace the other's files."""
+    from workflow_scripts.hub import check_repo_id
+
+    defaults = {k: v for k, v in config["publish"].items() if k != "enabled"}
+    repos = Claims(source_name, "one model per Hub repository (two packages would replace each other's files)")
+    plans = {}
+    for index, model in enumerate(config["models"]):
+        if "publish" in model:
+            where = f"models[{index}].publish.repo_id"
+            check_repo_id(model["publish"]["repo_id"], f"{source_name}: {where}")
+            repos.claim(model["publish"]["repo_id"], where)
+            plans[model["name"]] = {**defaults, **model["publish"]}
+    if not config["publish"]["enabled"]:
+        return {}
+    if not plans:
+        raise UserError(f"{source_name}: publish.enabled is true but no model sets publish.repo_id; expected "
+                        "models[].publish.repo_id (owner/name) on each model to publish")
+    return plans
 
 
 def _check_tensor_patterns(config: dict, source_name: str) -> None:

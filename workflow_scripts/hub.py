@@ -70,19 +70,24 @@ def hub_token() -> str | bool:
     return os.environ.get("HF_TOKEN") or False
 
 
-def hub_failure(where: str, err: Exception, broken: str) -> UserError:
-    """A failed Hub call in the project's words, by HTTP status: what to check; never the token."""
+READ_ACCESS = "set to a token that can read this repository (for a gated one, accept its terms on the Hub first)"
+DOWNLOAD_RETRY = ("re-run (a download resumes), or set HF_HUB_OFFLINE=1 to use what the Hugging Face cache holds",
+                  "re-run later (a download resumes)")
+
+
+def hub_failure(where: str, err: Exception, broken: str, access: str = READ_ACCESS,
+                retry: tuple[str, str] = DOWNLOAD_RETRY) -> UserError:
+    """A failed Hub call in the project's words, by HTTP status: what to check; never the token.
+    ``access``: what HF_TOKEN must be; ``retry``: what to do after a network failure, after a 5xx."""
     status = getattr(getattr(err, "response", None), "status_code", None)
     if status in (401, 403):
-        what = (f"the Hub answered {status} (no access); check HF_TOKEN: it must be set to a token that can read "
-                "this repository (for a gated one, accept its terms on the Hub first)")
+        what = f"the Hub answered {status} (no access); check HF_TOKEN: it must be {access}"
     elif status == 404:
         what = "the Hub answered 404; check repo_id and revision"
     elif status:
-        what = f"the Hub answered {status}; re-run later (a download resumes)"
+        what = f"the Hub answered {status}; {retry[1]}"
     else:
-        what = (f"{broken} ({type(err).__name__}); check the network or HF_ENDPOINT and re-run (a download "
-                "resumes), or set HF_HUB_OFFLINE=1 to use what the Hugging Face cache holds")
+        what = f"{broken} ({type(err).__name__}); check the network or HF_ENDPOINT and {retry[0]}"
     return UserError(f"{where}: {what}")
 
 

@@ -9,30 +9,42 @@ from __future__ import annotations
 import json
 import shlex
 
-import yaml
+from huggingface_hub import ModelCardData
+
+from workflow_scripts.names import tag_collisions
+from workflow_scripts.verify_package import intoto_name
 
 MIB = 1024 * 1024
+TEMPLATE_LINES = 40  # a longer chat template is shown cut here (the GGUF holds it whole)
 
 
 def _header(manifest: dict) -> str:
-    meta = {"quantized_by": "gguf-forge", "library_name": "gguf", "pipeline_tag": "text-generation",
-            "tags": ["gguf", "llama.cpp", "quantized"] + (["imatrix"] if manifest["imatrix"] else [])}
-    if manifest.get("base_model"):
-        meta = {"base_model": manifest["base_model"], **meta}
-    if manifest.get("license"):
-        meta["license"] = manifest["license"]
-    return "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n"
+    """The card's YAML metadata, as the Hub reads it (huggingface_hub's ModelCardData): a quantized
+    model of base_model, found under the gguf library filter with the llama-cpp tag."""
+    data = ModelCardData(
+        base_model=manifest.get("base_model"), base_model_relation="quantized" if manifest.get("base_model") else None,
+        license=manifest.get("license"), library_name="gguf", pipeline_tag="text-generation",
+        tags=["gguf", "llama-cpp", "quantized"] + (["imatrix"] if manifest["imatrix"] else []),
+        quantized_by=manifest["quantized_by"])
+    return "---\n" + data.to_yaml() + "\n---\n"
+
+
+def repo_id(manifest: dict) -> tuple[str, bool]:
+    """The Hub repository the snippets name: the configured publish repository, else a placeholder
+    (True when it is one)."""
+    return (manifest["repo_id"], False) if manifest.get("repo_id") else (f"<user>/{manifest['model']}-GGUF", True)
 
 
 def _files_table(manifest: dict) -> list[str]:
-    rows = ["| File | Type | Size (MiB) | Bits/weight | PPL | ΔPPL % | Mean KLD | Same top % | Gate |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    rows = ["| Tag | File | Recipe | Size (MiB) | Bits/weight | PPL | ΔPPL % | Mean KLD | Same top % | Gate |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for entry in sorted(manifest["files"], key=lambda e: -e["metrics"]["bits_per_weight"]):
         m = entry["metrics"]
         gate = ", ".join(f"{k} {v}" for k, v in sorted(entry["gate"].items()))
-        kind = entry["type"] + ("" if entry["build"] == entry["type"] else f" ({entry['build']})")
+        made = "" if entry["build"] == entry["label"] else f" (build {entry['build']})"
         name = f"`{entry['file']}`" + (f" in {len(entry['parts'])} parts" if entry.get("parts") else "")
-        rows.append(f"| {name} | {kind} | {m['file_bytes'] / MIB:.1f} | {m['bits_per_weight']:.2f} | "
+        rows.append(f"| {entry['label']} | {name} | {entry['recipe_text']}{made} | {m['file_bytes'] / MIB:.1f} | "
+                    f"{m['bits_per_weight']:.2f} | "
                     f"{m['ppl']:.3f} ± {m['ppl_error']:.3f} | {m['delta_ppl_pct']:+.2f} | {m['kld_mean']:.4f} | "
                     f"{m['same_top_pct']:.1f} | passed ({gate}) |")
     return rows
@@ -41,10 +53,67 @@ def _files_table(manifest: dict) -> list[str]:
 def _recommendations(manifest: dict) -> list[str]:
     lines = ["", "## Which file for your hardware", "",
              "| Tier | Priority | Recommended | Runner-up | Why |", "|---|---|---|---|---|"]
+    label = {entry["build"]: entry["label"] for entry in manifest["files"]}  # recommendations name builds
     for tier, rec in manifest["recommendations"].items():
         measured = "" if rec["measured"] else " (speed not measured on this host)"
-        lines.append(f"| {tier} | {rec['priority']} | {rec['choice'] or '–'} | {rec['runner_up'] or '–'} | {rec['why']}{measured} |")
+        choice, runner_up = (label.get(rec[key], rec[key]) or "–" for key in ("choice", "runner_up"))
+        lines.append(f"| {tier} | {rec['priority']} | {choice} | {runner_up} | {rec['why']}{measured} |")
     return lines
+
+
+def run_section(manifest: dict) -> list[str]:
+    """How to run a file: llama.cpp, Ollama and LM Studio each find it by its tag, the quant label in
+    its name (llama.cpp: the tag followed by '-' or '.' in the file name; the Hub, for Ollama: the
+    quant type name in the file name; LM Studio: its @ qualifier)."""
+    if not manifest["files"]:
+        return []
+    repo, placeholder = repo_id(manifest)
+    tags = [entry["label"] for entry in manifest["files"]]
+    tag = "Q4_K_M" if "Q4_K_M" in tags else tags[0]
+    lines = ["", "## Run", "", f"Each file is found by its tag (the *Tag* column: {', '.join(tags)}), in any case:", "",
+             "```sh", f"llama-server -hf {repo}:{tag}", f"llama-cli -hf {repo}:{tag}",
+             f"ollama run hf.co/{repo}:{tag}", f"lms get {repo}@{tag.lower()}   # LM Studio", "```"]
+    if placeholder:
+        lines += ["", f"`{repo}` stands for the repository these files are uploaded to (no publish repository was "
+                  "configured when this card was made)."]
+    first = {entry["label"]: (entry.get("parts") or [entry])[0]["file"] for entry in manifest["files"]}
+    for label, other in tag_collisions(manifest["model"], tags):
+        lines += ["", f"`-hf {repo}:{label}` may also fetch `{first[other]}` (llama.cpp takes the first file whose "
+                  f"name holds {label} followed by '-' or '.'); ask for the file by name instead: "
+                  f"`llama-server -hf {repo} --hf-file {first[label]}`."]
+    if any(entry.get("parts") for entry in manifest["files"]):
+        lines += ["", "A split file is fetched whole: the tag picks its first part and llama.cpp downloads the rest."]
+    return lines
+
+
+def _chat_template_check(check: dict | None) -> list[str]:
+    """What the chat-template check found: the template against the source's, chats rendered by
+    llama.cpp against transformers' token ids, and the sanity turn's end."""
+    if not check or check["verdict"] == "not applicable":
+        return []
+    if check["verdict"] != "passed":
+        return [f"**Chat-template check failed**: {'; '.join(check['reasons'])}.", ""]
+    turn = check.get("sanity_turn")
+    ended = (f"; the reference answered a chat turn and ended it with `{turn['end_of_turn_piece']}` after "
+             f"{turn['tokens']} tokens" if turn else "")
+    return [f"Chat-template check passed: the template is the source's, and {len(check['conversations'])} "
+            f"conversations rendered by llama.cpp ({check['engine']}) give transformers' token ids{ended}.", ""]
+
+
+def _prompt_format(manifest: dict) -> list[str]:
+    """The chat template the GGUFs carry (``tokenizer.chat_template``), which llama.cpp, Ollama and
+    LM Studio apply to a conversation; cut at TEMPLATE_LINES lines."""
+    templates = manifest.get("chat_templates") or {}
+    if not templates:
+        return ["", "## Prompt format", "", "The files carry no chat template (`tokenizer.chat_template`): prompt "
+                "them with plain text, or give your runner a template."]
+    lines = ["", "## Prompt format", "", *_chat_template_check(manifest.get("chat_template_check"))]
+    for name, template in sorted(templates.items(), key=lambda item: item[0] != "default"):
+        shown = template.splitlines()
+        key = "tokenizer.chat_template" + ("" if name == "default" else f".{name}")
+        cut = f", first {TEMPLATE_LINES} of {len(shown)} lines" if len(shown) > TEMPLATE_LINES else ""
+        lines += [f"The chat template in `{key}` (Jinja{cut}):", "", "```jinja", *shown[:TEMPLATE_LINES], "```", ""]
+    return lines[:-1]
 
 
 def _speed(manifest: dict) -> list[str]:
@@ -81,6 +150,24 @@ def _tensor_error(manifest: dict) -> list[str]:
         errors = entry["tensor_error"]
         worst = ", ".join(f"`{w['name']}` {w['type']} {w['rel_rms']:.4f}" for w in errors["worst"][:3])
         lines.append(f"| `{entry['file']}` | {errors['rel_rms']:.4f} | {worst} |")
+    return lines
+
+
+def _expert_coverage(manifest: dict) -> list[str]:
+    """How many experts of each routed expert tensor the importance matrix covered (MoE models)."""
+    coverage = (manifest["imatrix"] or {}).get("expert_coverage")
+    if not coverage or not coverage["expert_tensors"]:
+        return []
+    worst = coverage["worst"]
+    lines = ["", "## Expert coverage of the importance matrix", "",
+             f"{coverage['fully_covered']} of {coverage['expert_tensors']} expert tensors got calibration data for all "
+             f"{coverage['experts']} experts (top-{coverage['experts_used']} routing); the least covered, "
+             f"`{worst['name']}`, for {worst['experts_with_data']} of {worst['experts']}. llama-quantize gives the experts "
+             "without data uniform importance weights, as without an imatrix."]
+    if coverage["partial"]:
+        lines += ["", "| Tensor | Experts with data | Experts without data |", "|---|---:|---|"]
+        lines += [f"| `{t['name']}` | {t['experts_with_data']} of {t['experts']} | {', '.join(map(str, t['without_data']))} |"
+                  for t in coverage["partial"]]
     return lines
 
 
@@ -161,10 +248,19 @@ def render_card(manifest: dict) -> str:
     lines += ["Every file below was measured against the full-precision reference and passed its quality gate; "
               "files that failed are listed under *Not published* with the reasons.", "", "## Files", ""]
     lines += _files_table(manifest) if manifest["files"] else ["No file passed its gate; nothing is published."]
-    lines += _recommendations(manifest) + _speed(manifest) + _tensor_error(manifest) + _withheld(manifest)
+    lines += run_section(manifest) + _prompt_format(manifest)
+    lines += _recommendations(manifest) + _speed(manifest) + _tensor_error(manifest) + _expert_coverage(manifest)
+    lines += _withheld(manifest)
     lines += _how_made(manifest)
-    lines += ["", "## Verify", "", "```", "sha256sum -c SHA256SUMS",
-              "python -m workflow_scripts.verify_package .   # checksums, manifest and provenance statements", "```",
+    statements = intoto_name(manifest["model"])
+    lines += ["", "## Verify", "", "In the folder you downloaded (all files, or the ones you want, with `SHA256SUMS`):", "",
+              "```sh", "sha256sum -c SHA256SUMS            # every file",
+              "sha256sum -c --ignore-missing SHA256SUMS   # only the files you downloaded", "```", "",
+              f"`{statements}` holds one [in-toto](https://in-toto.io) statement per GGUF (unsigned, SLSA provenance "
+              "v1): its sha256 as subject, the exact llama-quantize command, and the reference, importance matrix and "
+              "llama-quantize binary it was made from, by sha256. `manifest.json` holds the same statements with every "
+              "measured figure. With this project, `python -m workflow_scripts.verify_package .` checks all of it and "
+              "`--reproduce FILE` rebuilds a file and compares its sha256.",
               "", f"Configuration digest `{manifest['config_sha256']}`; package assembled on {manifest['host']['cpu']} "
-              f"({manifest['host']['cpus']} CPUs). Provenance (in-toto statements) per file: `manifest.json`.", ""]
+              f"({manifest['host']['cpus']} CPUs).", ""]
     return _header(manifest) + "\n" + "\n".join(lines)

@@ -7,8 +7,8 @@ beside the reference's validate/reference.json and reference.sanity.json; speeds
 speed/{tier}/{build}.json, the reference's under its type's name (F16); logs and benchmarks flat in
 one folder per rule as {model}, {model}-{build}, {model}-reference, {model}-{reference type} and
 {model}-{tier}-{build}; plots flat in summary/plots/ as {model}-size-vs-kld.svg and
-tokens-per-s-{tier}.svg; packages as package/{model}/ holding {model}-{build}.gguf or its
-llama-gguf-split parts {model}-{build}-00001-of-00003.gguf.
+tokens-per-s-{tier}.svg; packages as package/{model}/ holding {model}-{label}.gguf (the requested
+quant a build ships for) or its llama-gguf-split parts {model}-{label}-00001-of-00003.gguf.
 
 The schema keeps each name to letters, digits, '.', '_' and '-', starting with a letter or digit
 (so no '/', no hidden or relative names) and matched against the whole text. Given that, two
@@ -19,6 +19,9 @@ outputs can share a path, or one lie inside another, only where this module refu
   and fallback tries ``{quant}-{remedy name}``;
 - a build named reference, or ending like another build's file (``check_build_name``);
 - two combinations of model, tier and build spelling the same flat file name (``check_flat_names``).
+
+Beyond paths, it refuses requested quants whose ``-hf REPO:TAG`` tag would also pick another's
+package file because of a name the user chose (``check_package_tags``).
 
 Names are compared ignoring case: the default file systems of macOS and Windows do.
 tests/test_config_names.py checks this reasoning against the output patterns of the rules.
@@ -80,6 +83,42 @@ def check_build_name(name: str, where: str, source_name: str) -> None:
     if SPLIT_PART.fullmatch(lower):
         raise UserError(f"{source_name}: {where}: {name!r} is how llama-gguf-split names the part of a larger "
                         "build in the package; expected a build name not ending in -NNNNN-of-NNNNN")
+
+
+def package_file(model: str, label: str) -> str:
+    """The package's file for a requested quant: named by the label it ships under (a fallback
+    build that ships for IQ4_XS is {model}-IQ4_XS.gguf), which is what ``llama-server -hf
+    REPO:IQ4_XS``, Ollama and LM Studio look for in file names."""
+    return f"{model}-{label}.gguf"
+
+
+def tag_collisions(model: str, labels: Iterable[str]) -> list[tuple[str, str]]:
+    """(tag, other label) for each label whose ``-hf REPO:TAG`` tag would also pick another label's
+    package file, under llama.cpp's rule (common/download.cpp, find_best_model: the first listed
+    model file whose path contains the tag followed by '-' or '.', ignoring case; the tag is used
+    as a regular expression). The Hub lists in its own order, so such a tag may fetch either file."""
+    labels = list(labels)
+    names = {label: (package_file(model, label), f"{model}-{label}-00001-of-00002.gguf") for label in labels}
+    found = []
+    for tag in labels:
+        pattern = re.compile(tag + "[.-]", re.IGNORECASE)
+        found += [(tag, other) for other in labels if other != tag and any(map(pattern.search, names[other]))]
+    return found
+
+
+def check_package_tags(model: str, labels: Iterable[str], types: Iterable[str], where: str, source_name: str) -> None:
+    """Refuse labels whose tags catch each other's package files where a name the user chose is the
+    cause (a variant Q4_K_M-static beside Q4_K_M, a model named x-Q8_0): renaming fixes it, and
+    published so, the tag may fetch either file. Two llama.cpp type names (F16 and BF16, Q1_0 and
+    TQ1_0) collide by themselves: they are allowed, and the card says how to ask for the file."""
+    types = set(types)
+    for tag, other in tag_collisions(model, labels):
+        if {tag, other} <= types and not re.search(tag + "[.-]", model + "-", re.IGNORECASE):
+            continue
+        raise UserError(f"{source_name}: {where}: {tag!r} and {other!r}: `-hf REPO:{tag}` would also select "
+                        f"{package_file(model, other)} (llama.cpp picks the first file whose name contains the tag "
+                        "followed by '-' or '.'); expected model, quant and variant names that stay apart that way "
+                        "(a variant Q4_K_M-static beside Q4_K_M can be named Q4_K_M_static)")
 
 
 def _flat_names(builds: dict[str, Iterable[str]], tiers: list[str], reference_type: str):

@@ -2,9 +2,13 @@
 
 Only the build that ships for each requested quant (passed quality in the validation report and
 size/speed in the speed report: its ``ships``) enters ``results/package/{model}/``; failed builds
-stay in the reports and out of the package. Files are
+stay in the reports and out of the package. Each is named by the requested quant it ships for,
+``{model}-{LABEL}.gguf`` (a passing fallback IQ4_XS-sensitive is ``{model}-IQ4_XS.gguf``), the tag
+llama.cpp's ``-hf REPO:LABEL``, Ollama and LM Studio look for; the imatrix keeps "imatrix" in its
+name, which llama.cpp never offers as a model. Files are
 hard-linked, not copied (no second copy of many GB). The manifest records every input by digest
-and an in-toto provenance statement per GGUF, so ``verify_package`` can re-check it all and
+and an in-toto provenance statement per GGUF (also ``{model}.intoto.jsonl``, one line each, for
+in-toto tooling), so ``verify_package`` can re-check it all and
 ``reproduce`` can re-run a file's exact command. A file over ``split_max_mb`` (the Hub takes at
 most 50 GB per file) is published as llama-gguf-split parts, each checksummed. The directory is built under a temporary name
 and renamed when complete: a half-written package never looks finished.
@@ -22,11 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from workflow_scripts.checksums import read_sidecar, sha256_file, verify
+from workflow_scripts.chat_template import gguf_templates
 from workflow_scripts.errors import UserError, run_cli
+from workflow_scripts.gguf_census import recipe_from_args
+from workflow_scripts.gguf_header import read_gguf_header
 from workflow_scripts.model_card import render_card
+from workflow_scripts.names import package_file
 from workflow_scripts.provenance import dependency, host_info, statement, tool_versions
 from workflow_scripts.tool_step import tool_path
-from workflow_scripts.verify_package import verify_package
+from workflow_scripts.verify_package import intoto_lines, intoto_name, verify_package
 
 METRIC_KEYS = ("file_bytes", "bits_per_weight", "ppl", "ppl_error", "delta_ppl_pct", "kld_mean", "kld_median",
                "kld_p99", "kld_max", "same_top_pct", "rms_dp_pct", "types", "fallbacks")
@@ -39,16 +47,28 @@ def config_digest(settings: dict, inputs: dict[str, str]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _file_entry(name: str, build: str, entry: dict, digest: str, command: list[str],
+def recipe_text(file_type: str, recipe: list[str]) -> str:
+    """A build's recipe in words, as the card's files table shows it: ``IQ4_XS with attn_v Q8_0,
+    ffn_down Q6_K, output Q8_0, token_embd Q8_0`` (the type alone without overrides)."""
+    parsed = recipe_from_args(file_type, recipe)
+    raised = [f"{pattern} {ttype}" for pattern, ttype in parsed.tensor_types]
+    raised += [f"{tensor} {ttype}" for tensor, ttype in (("output", parsed.output_tensor_type),
+                                                         ("token_embd", parsed.token_embedding_type)) if ttype]
+    return file_type + (f" with {', '.join(raised)}" if raised else "")
+
+
+def _file_entry(name: str, label: str, build: str, entry: dict, digest: str, command: list[str],
                 dependencies: list[dict], builder: dict) -> dict[str, Any]:
     return {
         "file": name,
+        "label": label,
         "sha256": digest,
         "build": build,
         "requested_as": entry["build"]["requested_as"],
         "type": entry["build"]["type"],
         "imatrix": entry["build"]["imatrix"],
         "recipe": entry["build"]["recipe"],
+        "recipe_text": recipe_text(entry["build"]["type"], entry["build"]["recipe"]),
         "metrics": {key: entry.get(key) for key in METRIC_KEYS},
         "gate": entry["gate"],
         "verdict": entry["verdict"],
@@ -60,11 +80,12 @@ def _file_entry(name: str, build: str, entry: dict, digest: str, command: list[s
 
 
 def manifest(settings: dict, report: dict, speed: dict, stamp: dict, records: dict[str, Any],
-             digests: dict[str, str], parts: dict[str, list[dict]]) -> dict:
+             digests: dict[str, str], parts: dict[str, list[dict]], templates: dict[str, str]) -> dict:
     """The package's manifest: inputs by digest, toolchain, gates and metrics per shipped file.
 
     ``records`` holds the source, convert, and reference records; ``digests`` the sha256 of every
-    input (reference, imatrix, texts) and of each shipped GGUF under its file name.
+    input (reference, imatrix, texts) and of each shipped GGUF under its file name; ``templates``
+    the chat templates the GGUFs carry (for the card's prompt format).
     """
     model = settings["model"]
     binary = stamp["binaries_sha256"]["llama-quantize"]
@@ -82,10 +103,11 @@ def manifest(settings: dict, report: dict, speed: dict, stamp: dict, records: di
         if build is None:
             continue
         entry = report["quants"][build]
-        name = f"{model}-{build}.gguf"
+        name = package_file(model, quant)  # named by the label it ships under, whichever build it is
         deps = [d for d in base_dependencies if entry["build"]["imatrix"] or d["name"] != settings["imatrix_path"]]
         command = [name if arg == "{out}" else arg for arg in settings["commands"][build]]
-        record = {**_file_entry(name, build, entry, digests[name], command, deps, builder), "speed": speed["builds"][build]}
+        record = {**_file_entry(name, quant, build, entry, digests[name], command, deps, builder),
+                  "speed": speed["builds"][build]}
         if name in parts:  # published as parts; the statement names them too
             record["parts"] = parts[name]
             record["provenance"]["subject"] += [{"name": p["file"], "digest": {"sha256": p["sha256"]}} for p in parts[name]]
@@ -98,11 +120,17 @@ def manifest(settings: dict, report: dict, speed: dict, stamp: dict, records: di
                 reasons[report["ships"][quant]] = speed["withheld"][quant]
             withheld.append({"quant": quant, "tried": tried, "reasons": reasons})
     inputs = {k: v for k, v in digests.items() if not k.endswith(".gguf")}
+    source = records["source"]
     return {
         "model": model,
-        "base_model": settings.get("base_model"),
+        # an hf source names the original model; a configured base_model wins (a fine-tune's own repository)
+        "base_model": settings.get("base_model") or (source["identity"]["repo_id"] if source["type"] == "hf" else None),
         "license": settings.get("license"),
         "note": settings.get("note"),
+        "quantized_by": settings["quantized_by"],
+        "repo_id": settings.get("repo_id"),
+        "chat_templates": templates,
+        "chat_template_check": report.get("chat_template"),
         "source": {"type": records["source"]["type"], "identity": records["source"].get("identity"),
                    "files": [{"name": Path(f["path"]).name, "sha256": f["sha256"], "size": f["size"]}
                              for f in records["source"]["files"]]},
@@ -110,7 +138,8 @@ def manifest(settings: dict, report: dict, speed: dict, stamp: dict, records: di
                       "method": records["convert"]["method"], "note": records["convert"].get("note")},
         "calibration": {**settings["calibration"], "sha256": digests["calibration"]} if settings["calibration"] else None,
         "evaluation": {**settings["evaluation"], "sha256": digests["evaluation"], "reference_ppl": report["reference"]},
-        "imatrix": {"file": Path(settings["imatrix_path"]).name, "sha256": digests["imatrix"]}
+        "imatrix": {"file": Path(settings["imatrix_path"]).name, "sha256": digests["imatrix"],
+                    "expert_coverage": report.get("imatrix_coverage")}
         if settings["imatrix_path"] else None,
         "toolchain": {key: stamp.get(key) for key in ("llama_cpp_commit", "llama_cpp_python_version", "backend",
                                                         "cmake_args", "source_patches", "deterministic_fp")}
@@ -129,15 +158,17 @@ def manifest(settings: dict, report: dict, speed: dict, stamp: dict, records: di
     }
 
 
-def split(stamp_path: Path, gguf: Path, directory: Path, max_mb: int) -> list[dict]:
-    """Split a file over the per-file limit with llama-gguf-split; the parts' names and digests."""
-    prefix = directory / gguf.stem
+def split(stamp_path: Path, gguf: Path, directory: Path, max_mb: int, name: str) -> list[dict]:
+    """Split a file over the per-file limit with llama-gguf-split into parts of the package file
+    ``name`` ({stem}-00001-of-0000n.gguf); the parts' names and digests."""
+    stem = Path(name).stem
+    prefix = directory / stem
     cmd = [str(tool_path(stamp_path, "llama-gguf-split")), "--split", "--split-max-size", f"{max_mb}M", str(gguf), str(prefix)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise UserError(f"llama-gguf-split failed on {gguf}: {proc.stderr[-2000:]}")
     # llama-gguf-split's part names exactly: a looser glob would take build Q4_K_M-a-of-b's file for a part of Q4_K_M.
-    found = sorted(directory.glob(f"{gguf.stem}-{'[0-9]' * 5}-of-{'[0-9]' * 5}.gguf"))
+    found = sorted(directory.glob(f"{stem}-{'[0-9]' * 5}-of-{'[0-9]' * 5}.gguf"))
     return [{"file": p.name, "sha256": sha256_file(p), "bytes": p.stat().st_size} for p in found]
 
 
@@ -160,32 +191,35 @@ def assemble(settings: dict, report_path: Path, speed_path: Path, stamp_path: Pa
                **{key: sha256_file(path) for key, path in texts.items()}}
     if settings["imatrix_path"]:
         digests["imatrix"] = verify(settings["imatrix_path"])
-    shipped = [b for b in speed["ships"].values() if b is not None]
-    for build in shipped:
-        name = f"{settings['model']}-{build}.gguf"
-        digests[name] = verify(quant_dir / name)
+    # package file name -> the build's file it holds
+    shipped = {package_file(settings["model"], label): quant_dir / f"{settings['model']}-{build}.gguf"
+               for label, build in speed["ships"].items() if build is not None}
+    for name, path in shipped.items():
+        digests[name] = verify(path)
+    templates = gguf_templates(read_gguf_header(settings["reference_path"]).metadata)  # the quants copy them
     partial = out.with_name(f".{out.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     parts: dict[str, list[dict]] = {}
-    for build in shipped:
-        name = f"{settings['model']}-{build}.gguf"
-        if (quant_dir / name).stat().st_size > settings["split_max_mb"] * 1_000_000:
-            parts[name] = split(stamp_path, quant_dir / name, partial, settings["split_max_mb"])
+    for name, path in shipped.items():
+        if path.stat().st_size > settings["split_max_mb"] * 1_000_000:
+            parts[name] = split(stamp_path, path, partial, settings["split_max_mb"], name)
         else:
-            _link(quant_dir / name, partial / name)
+            _link(path, partial / name)
     if settings["imatrix_path"]:
         _link(Path(settings["imatrix_path"]), partial / Path(settings["imatrix_path"]).name)
-    result = manifest(settings, report, speed, stamp, loaded, digests, parts)
+    result = manifest(settings, report, speed, stamp, loaded, digests, parts, templates)
     (partial / "manifest.json").write_text(json.dumps(result, indent=2) + "\n")
     (partial / "README.md").write_text(render_card(result))
+    statements = intoto_name(settings["model"])
+    (partial / statements).write_text(intoto_lines(result))
     listed = {}
     for entry in result["files"]:
         listed.update({part["file"]: part["sha256"] for part in entry["parts"]} if entry.get("parts")
                       else {entry["file"]: entry["sha256"]})
     if result["imatrix"]:
         listed[result["imatrix"]["file"]] = digests["imatrix"]
-    listed.update({name: sha256_file(partial / name) for name in ("manifest.json", "README.md")})
+    listed.update({name: sha256_file(partial / name) for name in ("manifest.json", "README.md", statements)})
     (partial / "SHA256SUMS").write_text("".join(f"{digest}  {name}\n" for name, digest in sorted(listed.items())))
     shutil.rmtree(out, ignore_errors=True)
     partial.rename(out)

@@ -133,6 +133,17 @@ def disk_md(disks: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def published_md(records: list[dict]) -> str:
+    """One line per published model: its repository and the commit (workflow_scripts.publish's records)."""
+    if not records:
+        return ""
+    lines = ["", "Published to the Hugging Face Hub:", ""]
+    for r in records:
+        sent = f"{len(r['uploaded'])} file(s), {r['uploaded_bytes'] / 2**20:.1f} MiB uploaded" if r["uploaded"] else "unchanged"
+        lines.append(f"- [{r['repo_id']}]({r['url']}) at commit [{r['commit'][:12]}]({r['commit_url']}) ({sent})")
+    return "\n".join(lines) + "\n"
+
+
 def _save(fig, plt, path: Path) -> None:
     fig.tight_layout()
     with atomic_output(path) as tmp:
@@ -146,6 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--speed", type=Path, nargs="+", required=True, help="speed_report.json files, in --validation order")
     parser.add_argument("--tiers", nargs="+", required=True)
     parser.add_argument("--disk", type=Path, nargs="*", default=[], help="disk.json files (disk_plan)")
+    parser.add_argument("--published", type=Path, nargs="*", default=[], help="published.json files (publish)")
     parser.add_argument("--out-dir", type=Path, required=True)
     ns = parser.parse_args(argv)
     validations = [json.loads(p.read_text()) for p in ns.validation]
@@ -153,7 +165,8 @@ def main(argv: list[str] | None = None) -> None:
     table = [row for v, s in zip(validations, speeds) for row in rows(v, s, ns.tiers)]
     atomic_write_text(ns.out_dir / "summary.csv", summary_csv(table, ns.tiers))
     disks = [json.loads(p.read_text()) for p in ns.disk]
-    atomic_write_text(ns.out_dir / "summary.md", summary_md(table, ns.tiers) + disk_md(disks))
+    published = [json.loads(p.read_text()) for p in ns.published]
+    atomic_write_text(ns.out_dir / "summary.md", summary_md(table, ns.tiers) + disk_md(disks) + published_md(published))
     atomic_write_text(ns.out_dir / "recommendations.md", recommendations_md(speeds, ns.tiers))
     for validation in validations:
         plot_frontier(table, validation["model"], ns.out_dir / "plots" / f"{validation['model']}-size-vs-kld.svg")

@@ -87,11 +87,17 @@ def control_tokens(metadata: dict[str, Any]) -> list[str]:
 
 def describe_mismatch(text: str, ref: list[int], got: list[int], pos: int,
                       decode: Callable[[list[int]], list[str]]) -> str:
-    lo, hi = max(0, pos - WINDOW), pos + WINDOW
     shown = text if len(text) <= 80 else text[:77] + "..."
-    return (f"text {shown!r}: first difference at token {pos} (reference has {len(ref)} tokens, "
-            f"GGUF has {len(got)}); reference ids[{lo}:{hi}] = {ref[lo:hi]} {decode(ref[lo:hi])}, "
-            f"GGUF ids[{lo}:{hi}] = {got[lo:hi]} {decode(got[lo:hi])}")
+    return f"text {shown!r}: " + difference_at(ref, got, pos, decode)
+
+
+def difference_at(ref: list[int], got: list[int], pos: int, decode: Callable[[list[int]], list[str]],
+                  sides: tuple[str, str] = ("reference", "GGUF")) -> str:
+    """The first differing position of two id lists, with both sides' ids and pieces around it."""
+    lo, hi = max(0, pos - WINDOW), pos + WINDOW
+    return (f"first difference at token {pos} ({sides[0]} has {len(ref)} tokens, {sides[1]} has {len(got)}); "
+            f"{sides[0]} ids[{lo}:{hi}] = {ref[lo:hi]} {decode(ref[lo:hi])}, "
+            f"{sides[1]} ids[{lo}:{hi}] = {got[lo:hi]} {decode(got[lo:hi])}")
 
 
 def compare(texts: Sequence[str], reference: list[list[int]], candidate: list[list[int]],
@@ -104,8 +110,9 @@ def compare(texts: Sequence[str], reference: list[list[int]], candidate: list[li
     return {"texts": len(texts), "tokens_compared": sum(len(r) for r in reference)}
 
 
-def _pieces(model) -> Callable[[list[int]], list[str]]:
-    return lambda ids: [model.detokenize([i]).decode("utf-8", errors="replace") for i in ids]
+def token_pieces(model) -> Callable[[list[int]], list[str]]:
+    """Each id's text, special tokens (<|im_end|>) included."""
+    return lambda ids: [model.detokenize([i], special=True).decode("utf-8", errors="replace") for i in ids]
 
 
 def check_against_gguf(gguf: Path, reference_gguf: Path, text: str) -> dict[str, Any]:
@@ -117,7 +124,7 @@ def check_against_gguf(gguf: Path, reference_gguf: Path, text: str) -> dict[str,
                         f"metadata {', '.join(differing)}")
     model, ref_model = load_llama_vocab(gguf), load_llama_vocab(reference_gguf)
     texts = texts_to_compare(text, control_tokens(ref_meta))
-    report = compare(texts, llama_token_ids(ref_model, texts), llama_token_ids(model, texts), _pieces(model))
+    report = compare(texts, llama_token_ids(ref_model, texts), llama_token_ids(model, texts), token_pieces(model))
     special = {"bos": (ref_model.token_bos(), model.token_bos()), "eos": (ref_model.token_eos(), model.token_eos())}
     _check_special(special)
     return {**report, "reference": str(reference_gguf), "metadata_keys_equal": len(got_meta),
@@ -131,7 +138,7 @@ def check_against_hf(gguf: Path, hf_dir: Path, text: str) -> dict[str, Any]:
     tokenizer = AutoTokenizer.from_pretrained(str(hf_dir))
     model = load_llama_vocab(gguf)
     texts = texts_to_compare(text, tokenizer.all_special_tokens)
-    report = compare(texts, hf_token_ids(tokenizer, texts), llama_token_ids(model, texts), _pieces(model))
+    report = compare(texts, hf_token_ids(tokenizer, texts), llama_token_ids(model, texts), token_pieces(model))
     special = {"bos": (tokenizer.bos_token_id, model.token_bos()), "eos": (tokenizer.eos_token_id, model.token_eos())}
     _check_special(special)
     hf_adds_bos = bool(getattr(tokenizer, "add_bos_token", False))

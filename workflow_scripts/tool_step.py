@@ -112,12 +112,13 @@ def run_tool(stamp: Path, tool: str, args: list[str], output: Path, log: Path,
     return time.monotonic() - started
 
 
-def main(argv: list[str] | None = None) -> None:
+def step_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple[argparse.Namespace, str, list[str]]:
+    """A step's command line, ``OPTIONS -- TOOL ARGS...``: the options (``parser``'s own and the
+    step's ``--stamp``, ``--output``, ``--log``, ``--verify``), the tool, its arguments."""
     argv = sys.argv[1:] if argv is None else argv
     if "--" not in argv:
-        raise UserError("tool_step: expected '-- TOOL ARGS...' after the options")
+        raise UserError(f"{parser.prog}: expected '-- TOOL ARGS...' after the options")
     split = argv.index("--")
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stamp", type=Path, required=True)
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--log", type=Path, required=True)
@@ -125,6 +126,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="input whose .sha256 sidecar must match before the tool runs")
     ns = parser.parse_args(argv[:split])
     tool, *args = argv[split + 1:]
+    return ns, tool, args
+
+
+def main(argv: list[str] | None = None) -> None:
+    ns, tool, args = step_arguments(argparse.ArgumentParser(prog="tool_step", description=__doc__.splitlines()[0]), argv)
     elapsed = run_tool(ns.stamp, tool, args, ns.output, ns.log, ns.verify)
     with open(ns.log, "a") as handle:
         handle.write(f"{tool} finished in {elapsed:.1f} s -> {ns.output}\n")

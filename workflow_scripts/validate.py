@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from workflow_scripts import fallback
+from workflow_scripts import chat_template, fallback, imatrix
 from workflow_scripts.atomic import atomic_write_text
 from workflow_scripts.checksums import verify
 from workflow_scripts.errors import UserError, run_cli
@@ -97,12 +97,18 @@ def judge(metrics: dict, gate: dict) -> tuple[str, list[str]]:
     return ("failed" if reasons else "passed"), reasons
 
 
-def verdict(metrics: dict, sanity: dict, build: dict, tensors: dict | None = None) -> dict[str, Any]:
-    """A build's figures with its gate, settings and verdict; a failed sanity generation fails it too.
-    The per-tensor error (informational: which tensors lost most) is carried along when given."""
-    gate = build["gate"]
+def verdict(metrics: dict, sanity: dict, build: dict, tensors: dict | None = None,
+            coverage: dict | None = None) -> dict[str, Any]:
+    """A build's figures with its gate, settings and verdict; a failed sanity generation fails it too,
+    and so does, for a build made with the imatrix (``coverage``: its expert coverage record), an
+    imatrix that covered fewer experts than the gate's min_expert_coverage (a static build is not
+    judged on it, and its recorded gate leaves it out). The per-tensor error (informational: which
+    tensors lost most) is carried along when given."""
+    gate = build["gate"] if build["imatrix"] else {k: v for k, v in build["gate"].items() if k != "min_expert_coverage"}
     _, reasons = judge(metrics, gate)
     reasons += [f"sanity: {problem}" for problem in sanity["problems"]]
+    if build["imatrix"] and coverage is not None:
+        reasons += imatrix.coverage_reasons(coverage, gate)
     return {
         **metrics,
         "build": {key: value for key, value in build.items() if key != "gate"},
@@ -146,10 +152,11 @@ def reference_sanity(record: dict) -> dict[str, Any]:
 
 
 def model_report(model: str, reference: dict, builds: dict[str, dict], attempts: dict[str, list[str]],
-                 sanity: dict | None = None) -> dict[str, Any]:
+                 sanity: dict | None = None, coverage: dict | None = None) -> dict[str, Any]:
     """Every build's verdict, which build ships for each requested quant (the last try, if it
-    passed), the invariants across builds, and (given the reference's sanity record) which sanity
-    prompts could not discriminate."""
+    passed), the invariants across builds, (given the reference's sanity record) which sanity
+    prompts could not discriminate, and (given the imatrix's coverage record) how many experts of
+    each expert tensor the imatrix covered."""
     ships = fallback.ships(attempts, lambda build: builds[build]["verdict"])
     for quant, tried in attempts.items():
         for name in tried:
@@ -166,6 +173,7 @@ def model_report(model: str, reference: dict, builds: dict[str, dict], attempts:
         "invariants": {"kld_falls_as_bpw_rises": kld_order_violations(builds),
                        "imatrix_not_worse_than_static": imatrix_violations(builds)},
         **({"sanity": reference_sanity(sanity)} if sanity is not None else {}),
+        **({"imatrix_coverage": imatrix.summary(coverage)} if coverage is not None else {}),
     }
 
 
@@ -205,11 +213,14 @@ def main(argv: list[str] | None = None) -> None:
     judged.add_argument("--sanity", type=Path, required=True)
     judged.add_argument("--build-json", required=True, help="the build's type, settings and gate")
     judged.add_argument("--tensors", type=Path, help="the build's per-tensor error (tensor_error output)")
+    judged.add_argument("--coverage", type=Path, help="the imatrix's expert coverage (for a build made with it)")
     judged.add_argument("--out", type=Path, required=True)
     report = sub.add_parser("report", help="a model's verdicts, what ships, and the invariants")
     report.add_argument("--model", required=True)
     report.add_argument("--reference", type=Path, required=True)
     report.add_argument("--sanity", type=Path, required=True, help="the reference's sanity output")
+    report.add_argument("--coverage", type=Path, help="the imatrix's expert coverage, if the model has an imatrix")
+    report.add_argument("--chat-template", type=Path, help="the model's chat-template check (workflow_scripts/chat_template.py)")
     report.add_argument("--verdicts", type=Path, nargs="+", required=True)
     report.add_argument("--attempts-json", required=True, help="builds tried per requested quant, in order")
     report.add_argument("--out", type=Path, required=True)
@@ -225,13 +236,17 @@ def main(argv: list[str] | None = None) -> None:
         result = quant_metrics(ns.name, kld, json.loads(ns.census.read_text()), json.loads(ns.stamp.read_text()))
     elif ns.command == "verdict":
         result = verdict(json.loads(ns.metrics.read_text()), json.loads(ns.sanity.read_text()), json.loads(ns.build_json),
-                         json.loads(ns.tensors.read_text()) if ns.tensors else None)
+                         json.loads(ns.tensors.read_text()) if ns.tensors else None,
+                         json.loads(ns.coverage.read_text()) if ns.coverage else None)
     elif ns.command == "report":
         builds = {entry["quant"]: entry for entry in (json.loads(p.read_text()) for p in ns.verdicts)}
         result = model_report(ns.model, json.loads(ns.reference.read_text()), builds, json.loads(ns.attempts_json),
-                              json.loads(ns.sanity.read_text()))
+                              json.loads(ns.sanity.read_text()), json.loads(ns.coverage.read_text()) if ns.coverage else None)
         if result["sanity"]["warning"]:
             print(f"warning: {result['sanity']['warning']}")
+        if ns.chat_template:  # the model's own check (its template): reported beside the builds' verdicts
+            result["chat_template"] = json.loads(ns.chat_template.read_text())
+            print(f"chat template: {chat_template.verdict_line(result['chat_template'])}")
     else:
         atomic_write_text(ns.out, quality_csv([json.loads(p.read_text()) for p in ns.reports]))
         return

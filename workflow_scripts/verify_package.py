@@ -15,9 +15,14 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from workflow_scripts.atomic import partial_path
 from workflow_scripts.checksums import sha256_file
 from workflow_scripts.errors import UserError, run_cli
 from workflow_scripts.tool_step import tool_path
+
+PUBLISH_RECORD = "published.json"
+"""Written into the package by publishing (workflow_scripts.publish): a record of the upload, not
+part of the package (never uploaded, not in SHA256SUMS)."""
 
 
 def read_sums(directory: Path) -> dict[str, str]:
@@ -34,10 +39,23 @@ def read_sums(directory: Path) -> dict[str, str]:
     return sums
 
 
+def intoto_name(model: str) -> str:
+    """The package's provenance statements as a file of their own, ``{model}.intoto.jsonl``: a
+    downloader's in-toto or SLSA tooling reads it without knowing this project's manifest."""
+    return f"{model}.intoto.jsonl"
+
+
+def intoto_lines(manifest: dict) -> str:
+    """One line per shipped GGUF (manifest order): its in-toto statement, unsigned, as in the manifest."""
+    return "".join(json.dumps(entry["provenance"], sort_keys=True, separators=(",", ":")) + "\n"
+                   for entry in manifest["files"])
+
+
 def verify_package(directory: Path) -> dict:
     """Raise UserError naming the first file that does not match; return the manifest."""
     sums = read_sums(directory)
-    present = {p.name for p in directory.iterdir() if p.is_file()} - {"SHA256SUMS"}
+    record = {PUBLISH_RECORD, partial_path(PUBLISH_RECORD).name}
+    present = {p.name for p in directory.iterdir() if p.is_file()} - {"SHA256SUMS", *record}
     if present - set(sums):
         raise UserError(f"{directory}: {', '.join(sorted(present - set(sums)))} not listed in SHA256SUMS; "
                         "expected every file of the package to be listed")
@@ -60,6 +78,10 @@ def verify_package(directory: Path) -> dict:
     ggufs = {name for name in sums if name.endswith(".gguf")}
     if ggufs != listed:
         raise UserError(f"{directory / 'manifest.json'}: lists {sorted(listed)} but the package holds {sorted(ggufs)}")
+    statements = directory / intoto_name(manifest["model"])
+    if not statements.is_file() or statements.read_text() != intoto_lines(manifest):
+        raise UserError(f"{statements}: missing or not the manifest's provenance statements; expected one line per "
+                        "file of manifest.json, each its files[].provenance")
     return manifest
 
 
