@@ -23,23 +23,28 @@ def safetensors_bytes(tensors: dict[str, int]) -> bytes:
     return struct.pack("<Q", len(text)) + text + bytes(offset)
 
 
+LLAMA_CONFIG = '{"architectures": ["LlamaForCausalLM"]}'
+"""config.json of the stub HF directories: as little as the converter needs to pick its class."""
+
+
 def write_hf_dir(path: Path) -> Path:
     """An HF-format directory: config.json and one small safetensors file."""
     path.mkdir(parents=True, exist_ok=True)
-    (path / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
+    (path / "config.json").write_text(LLAMA_CONFIG)
     (path / "model.safetensors").write_bytes(safetensors_bytes({"w": 16}))
     return path
 
 
 def hf_dir_of(tmp_path: Path, *files: str) -> Path:
-    """``tmp_path/m`` holding ``files``: a small safetensors file, ``{}`` for JSON, ``x`` otherwise."""
+    """``tmp_path/m`` holding ``files``: a small safetensors file, a Llama's architectures for
+    config.json, ``{}`` for other JSON, ``x`` otherwise."""
     d = tmp_path / "m"
     d.mkdir()
     for name in files:
         if name.endswith(".safetensors"):
             (d / name).write_bytes(safetensors_bytes({"w": 4}))
         else:
-            (d / name).write_text("{}" if name.endswith(".json") else "x")
+            (d / name).write_text(LLAMA_CONFIG if name == "config.json" else "{}" if name.endswith(".json") else "x")
     return d
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from tests.stub_sources import hf_dir_of
 from workflow_scripts.errors import UserError
-from workflow_scripts.hf_dir import check_hf_dir
+from workflow_scripts.hf_dir import architecture_named, check_hf_dir
 
 
 @pytest.mark.parametrize("files,allow_pickle,message", [
@@ -41,3 +41,17 @@ def test_hf_dir_files_and_shards(tmp_path):
     # ...unless pickles are used.
     with pytest.raises(UserError, match="names shard pytorch_model-1.bin"):
         check_hf_dir(d, allow_pickle=True)
+
+
+@pytest.mark.parametrize(("config", "named"), [
+    ({"architectures": ["LlamaForCausalLM"]}, True),
+    ({"text_config": {"architectures": ["Gemma3ForCausalLM"]}}, True),
+    ({"ssm_cfg": {"layer": "Mamba2"}}, True),
+    ({}, False),
+    ({"architectures": []}, False),
+    ({"architectures": "LlamaForCausalLM"}, False),
+    ({"architectures": [None]}, False),
+    ({"model_type": "llama"}, False),
+])
+def test_a_config_must_name_what_the_converter_picks_its_class_by(config, named):
+    assert architecture_named(config) is named

@@ -33,8 +33,8 @@ def test_hf_source_without_dest_is_refused():
         source_manifest({"type": "hf", "repo_id": "o/m", "revision": "main"})
 
 
-# sha256 of the two bytes '{}' (`printf '{}' | sha256sum`), the config.json hf_dir_of writes.
-EMPTY_JSON_SHA256 = "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
+# sha256 of the config.json hf_dir_of writes (`printf '{"architectures": ["LlamaForCausalLM"]}' | sha256sum`).
+CONFIG_SHA256 = "68400e68ae0a8da6ff804e7f65472d9b93cbcc0b7b5f8932e97149504780ba3b"
 
 
 def test_local_manifest_records_every_file_digest(tmp_path):
@@ -43,7 +43,7 @@ def test_local_manifest_records_every_file_digest(tmp_path):
     manifest = source_manifest({"type": "local", "path": str(d)})
     assert manifest["identity"] == {"path": str(d)} and manifest["directory"] == str(d)
     assert [(Path(e["path"]).name, e["sha256"], e["size"]) for e in manifest["files"]] == [
-        ("config.json", EMPTY_JSON_SHA256, 2),
+        ("config.json", CONFIG_SHA256, 39),
         ("model.safetensors", hashlib.sha256(weights).hexdigest(), len(weights))]
 
 

@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 import pytest
 
-from tests.stub_sources import safetensors_bytes
+from tests.stub_sources import LLAMA_CONFIG, safetensors_bytes
 from tests.test_config_names import REFUSED, SMALL_TEXTS, TEXT
 from tests.workflow_run import snakemake, write_config
 from workflow_scripts.errors import UserError
@@ -70,7 +70,7 @@ def alias_bomb(levels: int = 9) -> str:
 
 def hf_files(**replace) -> dict:
     """An HF directory's files: config.json and weights, with ``replace`` (None removes one)."""
-    files = {"hf/config.json": "{}", "hf/model.safetensors": WEIGHTS, **replace}
+    files = {"hf/config.json": LLAMA_CONFIG, "hf/model.safetensors": WEIGHTS, **replace}
     return {name: data for name, data in files.items() if data is not None}
 
 
@@ -185,6 +185,9 @@ BAD_INPUT = [
          "directory", local(), hf_files(**{"hf/config.json": None})),
     Case("local-config-json-broken", "models[0].source.path: hf/config.json: not valid JSON", local(),
          hf_files(**{"hf/config.json": "{'not': json"})),
+    Case("local-config-without-architectures", "models[0].source.path: hf/config.json: no architectures; expected "
+         'the model class the checkpoint was saved as, e.g. "architectures": ["LlamaForCausalLM"]', local(),
+         hf_files(**{"hf/config.json": '{"model_type": "llama", "architectures": []}'})),
     Case("local-without-weights", "models[0].source.path: hf: no weights; expected *.safetensors files", local(),
          hf_files(**{"hf/model.safetensors": None})),
     Case("local-only-pickle-weights", "hf: only pickle weights (pytorch_model.bin)", local(),

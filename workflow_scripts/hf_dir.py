@@ -71,16 +71,31 @@ def check_safetensors(path: Path) -> None:
                         "bytes; expected the complete file (download or copy it again)")
 
 
+def architecture_named(hparams: dict) -> bool:
+    """Whether an HF config names the architecture convert_hf_to_gguf.py picks its converter by: a
+    non-empty ``architectures`` list (at the top or in ``text_config``), or a non-HF Mamba's ``ssm_cfg``."""
+    def named(config) -> bool:
+        arches = config.get("architectures") if isinstance(config, dict) else None
+        return isinstance(arches, list) and bool(arches) and all(isinstance(a, str) and a for a in arches)
+
+    return named(hparams) or named(hparams.get("text_config")) or isinstance(hparams.get("ssm_cfg"), dict)
+
+
 def check_hf_source(path: Path | str, allow_pickle: bool = False) -> list[Path]:
     """check_hf_dir, plus what can be told from headers: config.json parses and every safetensors
     file is as long as its header says. Cheap enough to run when the workflow is planned."""
     files = check_hf_dir(path, allow_pickle)
     config = Path(path) / "config.json"
     try:
-        if not isinstance(json.loads(config.read_bytes()), dict):
+        hparams = json.loads(config.read_bytes())
+        if not isinstance(hparams, dict):
             raise ValueError("not a JSON object")
     except ValueError as err:
         raise UserError(f"{config}: not valid JSON ({err}); expected the model's HF config, a JSON object") from None
+    if not architecture_named(hparams):
+        raise UserError(f"{config}: no architectures; expected the model class the checkpoint was saved as, e.g. "
+                        '"architectures": ["LlamaForCausalLM"] (transformers writes it; convert_hf_to_gguf.py '
+                        "chooses its converter by it)")
     for weights in files:
         if weights.suffix == ".safetensors":
             check_safetensors(weights)
