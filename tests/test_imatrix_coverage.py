@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from workflow_scripts.errors import UserError
+from workflow_scripts.gguf_header import read_gguf_header
 from workflow_scripts.imatrix import coverage_reasons, expert_coverage, partial_warnings, read_counts, summary
 from workflow_scripts.model_card import _expert_coverage
 from workflow_scripts.validate import model_report, verdict
@@ -66,7 +67,7 @@ def moe_files(tmp_path):
 
 def test_counts_are_read_per_expert(moe_files):
     _, imx = moe_files
-    counts = read_counts(imx)
+    counts = read_counts(read_gguf_header(imx))
     assert counts["blk.0.ffn_down_exps.weight"] == [100, 3, 200, 209]
     assert counts["blk.1.ffn_up_exps.weight"] == [0, 7, 0, 0]
     assert counts["blk.1.attn_q.weight"] == [512]
@@ -121,7 +122,7 @@ def test_a_dense_model_has_no_coverage_to_judge(tmp_path):
 def test_files_that_are_not_what_is_expected_are_refused(moe_files, tmp_path):
     ref, imx = moe_files
     with pytest.raises(UserError, match=r"ref.gguf: no '<tensor>.counts' entries; expected an imatrix"):
-        read_counts(ref)
+        read_counts(read_gguf_header(ref))
     other = _gguf(tmp_path / "other.imatrix.gguf", {"blk.0.ffn_up_exps.weight.counts": np.ones((8, 1), dtype=np.float32)}, {})
     with pytest.raises(UserError, match=r"other.imatrix.gguf: entry blk.0.ffn_up_exps.weight has 8 counts; "
                                         r"expected one per expert \(4, as in .*ref.gguf\)"):

@@ -26,7 +26,7 @@ import numpy as np
 
 from workflow_scripts.atomic import atomic_write_text
 from workflow_scripts.errors import UserError, run_cli
-from workflow_scripts.gguf_header import read_gguf_header
+from workflow_scripts.gguf_header import GGUFHeader, read_gguf_header
 from workflow_scripts.tool_step import run_tool, step_arguments
 
 # tools/imatrix/imatrix.cpp, save_imatrix (GGUF format): written at every save (each
@@ -41,17 +41,16 @@ def is_expert_tensor(name: str, shape: tuple[int, ...]) -> bool:
     return len(shape) == 3 and name.endswith("_exps.weight")
 
 
-def read_counts(path: Path | str) -> dict[str, list[int]]:
-    """Tokens counted per matrix for every entry of a GGUF imatrix (one count for an ordinary
-    weight, one per expert for an expert tensor), by the weight's name."""
-    header = read_gguf_header(path)
+def read_counts(header: GGUFHeader) -> dict[str, list[int]]:
+    """Tokens counted per matrix for every entry of a GGUF imatrix (its header; one count for an
+    ordinary weight, one per expert for an expert tensor), by the weight's name."""
     counts = {}
     for name, tensor in header.tensors.items():
         if name.endswith(".counts"):
             values = np.concatenate(list(header.row_blocks(tensor))).view(np.float32).ravel()
             counts[name.removesuffix(".counts")] = [int(v) for v in values]
     if not counts:
-        raise UserError(f"{path}: no '<tensor>.counts' entries; expected an imatrix written by llama-imatrix "
+        raise UserError(f"{header.path}: no '<tensor>.counts' entries; expected an imatrix written by llama-imatrix "
                         "--output-format gguf")
     return counts
 
@@ -70,7 +69,7 @@ def expert_coverage(reference: Path | str, imatrix: Path | str, log_text: str) -
     (``log_agrees``; the disagreements listed). A dense model has no expert tensors: coverage None."""
     ref = read_gguf_header(reference)
     imx = read_gguf_header(imatrix)
-    counts = read_counts(imatrix)
+    counts = read_counts(imx)
     arch = ref.metadata.get("general.architecture")
     tensors, missing = [], []
     for name, tensor in ref.tensors.items():

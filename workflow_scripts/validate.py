@@ -107,7 +107,7 @@ def verdict(metrics: dict, sanity: dict, build: dict, tensors: dict | None = Non
     gate = build["gate"] if build["imatrix"] else {k: v for k, v in build["gate"].items() if k != "min_expert_coverage"}
     _, reasons = judge(metrics, gate)
     reasons += [f"sanity: {problem}" for problem in sanity["problems"]]
-    if build["imatrix"] and coverage is not None:
+    if coverage is not None:  # a static build's gate has no min_expert_coverage: no reasons
         reasons += imatrix.coverage_reasons(coverage, gate)
     return {
         **metrics,
