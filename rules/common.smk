@@ -78,6 +78,7 @@ wildcard_constraints:
     model=_alternatives(MODELS),
     build=_alternatives(BUILDS),
     reftype="F16|BF16",
+    menu_type="[A-Z0-9_]+",
     tier=_alternatives(PLAN.tiers),
 
 
@@ -161,26 +162,90 @@ def build_imatrix(wildcards):
     )
 
 
+def tensor_types_path(model, build):
+    """An auto build's chosen tensor types (llama-quantize's --tensor-type-file)."""
+    return f"results/{model}/auto/{build}.tensor-types.txt"
+
+
 def quantize_argv(model, build):
     """llama-quantize's arguments for one build of a model (``{out}`` stands for the output)."""
     return (
         MODELS[model]
         .builds[build]
-        .quantize_argv(REFERENCE_GGUF.format(model=model), imatrix_path(model))
+        .quantize_argv(
+            REFERENCE_GGUF.format(model=model),
+            imatrix_path(model),
+            tensor_types_path(model, build),
+        )
     )
 
 
 @per_job
+def build_tensor_types(wildcards):
+    """An auto build's tensor type file, else nothing."""
+    auto = MODELS[wildcards.model].builds[wildcards.build].auto
+    return [tensor_types_path(wildcards.model, wildcards.build)] if auto else []
+
+
+@per_job
 def quantize_build(wildcards):
-    """What the quantize job makes: the type, the recipe the census checks, llama-quantize's arguments."""
+    """What the quantize job makes: the type, the recipe the census checks (an auto build's is in
+    its tensor type file), llama-quantize's arguments."""
     build = MODELS[wildcards.model].builds[wildcards.build]
     return json.dumps(
         {
             "type": build.type,
             "recipe": list(build.recipe),
+            **(
+                {"tensor_type_file": build_tensor_types(wildcards)[0]}
+                if build.auto
+                else {}
+            ),
             "argv": quantize_argv(wildcards.model, wildcards.build),
         }
     )
+
+
+def probe_window(model):
+    """Context and chunks of the probes' KL divergence on the calibration text: the evaluation's
+    (a probe then costs what a build's validation does), within what the calibration text holds.
+    """
+    cal = MODELS[model].calibration
+    ctx = min(PLAN.evaluation["ctx"], cal["ctx"])
+    return ctx, max(
+        1, min(PLAN.evaluation["chunks"], cal["chunks"] * cal["ctx"] // ctx)
+    )
+
+
+@per_job
+def sensitivity_records(wildcards):
+    """One sensitivity record per tensor type on the menus of the model's auto builds."""
+    m = wildcards.model
+    return [f"results/{m}/auto/sensitivity/{t}.json" for t in MODELS[m].auto_menu]
+
+
+@per_job
+def auto_recipe_inputs(wildcards):
+    """The sensitivity records (the probes were planned from them all), and the census of the stock
+    build whose size is the budget."""
+    m, auto = wildcards.model, MODELS[wildcards.model].builds[wildcards.build].auto
+    inputs = {"records": sensitivity_records(wildcards)}
+    if "bytes_of" in auto["objective"]:
+        inputs["census"] = (
+            f"results/{m}/quant/{m}-{auto['objective']['bytes_of']}.census.json"
+        )
+    return inputs
+
+
+@per_job
+def auto_objective(wildcards):
+    """auto_recipe's objective option: the stock build's census, a bits-per-weight budget, or a KLD target."""
+    auto = MODELS[wildcards.model].builds[wildcards.build].auto
+    ((key, value),) = auto["objective"].items()
+    if key == "bytes_of":
+        m = wildcards.model
+        return f"--bytes-of-census results/{m}/quant/{m}-{value}.census.json"
+    return f"--{key.replace('_', '-')} {value}"
 
 
 def verify_options(*keys):
@@ -335,6 +400,7 @@ def build_json(wildcards):
             "requested_as": requested,
             "remedy": wildcards.build != requested,
             "gate": plan.gates[wildcards.build],
+            **({"auto": build.auto} if build.auto else {}),
         },
         sort_keys=True,
     )
@@ -386,12 +452,33 @@ def package_settings(wildcards):
                 k: PLAN.toolchain[k]
                 for k in ("llama_cpp_python_version", "backend", "cmake_args")
             },
+            "auto": {
+                b: {
+                    "recipe": f"results/{m}/auto/{b}.recipe.json",
+                    "tensor_types": tensor_types_path(m, b),
+                }
+                for b, build in plan.builds.items()
+                if build.auto
+            },
             "split_max_mb": PLAN.package["split_max_mb"],
             "quantized_by": PLAN.package["quantized_by"],
             "repo_id": model.get("publish", {}).get("repo_id"),
         },
         sort_keys=True,
     )
+
+
+@per_job
+def model_auto_recipes(wildcards):
+    """The search records and chosen types of the model's auto builds (requested quants, always
+    made; the package reads those that ship)."""
+    m = wildcards.model
+    return [
+        path
+        for b, build in MODELS[m].builds.items()
+        if build.auto
+        for path in (f"results/{m}/auto/{b}.recipe.json", tensor_types_path(m, b))
+    ]
 
 
 @per_job

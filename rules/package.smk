@@ -14,6 +14,7 @@ rule package:
         convert=f"results/{{model}}/reference/{{model}}-{REFERENCE}.convert.json",
         reference_sha=f"results/{{model}}/reference/{{model}}-{REFERENCE}.gguf.sha256",
         imatrix=model_imatrix,
+        auto=model_auto_recipes,
     output:
         # The GGUF hard links beside these are not declared: a directory() output would get
         # Snakemake's hidden timestamp file, which has no place in a package.

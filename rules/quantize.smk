@@ -10,6 +10,7 @@ rule quantize:
         stamp=STAMP,
         parity="results/{model}/checks/tokenizer_parity.json",
         imatrix=build_imatrix,
+        tensor_types=build_tensor_types,
     output:
         gguf="results/{model}/quant/{model}-{build}.gguf",
         sha="results/{model}/quant/{model}-{build}.gguf.sha256",

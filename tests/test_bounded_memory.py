@@ -55,6 +55,20 @@ def big_q8_0_gguf(path: Path, rows: int = ROWS, cols: int = COLS, block_rows: in
     return path
 
 
+def imatrix_gguf(path: Path) -> Path:
+    """An imatrix with one entry, for the big tensor: column sums 1 … 2 over a count of 4."""
+    from gguf import GGUFWriter
+
+    writer = GGUFWriter(path, "llama")
+    writer.add_tensor(f"{NAME}.in_sum2", np.linspace(1, 2, COLS, dtype=np.float32))
+    writer.add_tensor(f"{NAME}.counts", np.array([4], dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
 def run_measured(args: list[str], log: Path) -> int:
     """Run a stage as the rules do (``python -m ...`` in the project directory); its peak RSS in bytes."""
     with open(log, "w") as out:
@@ -88,6 +102,10 @@ def test_stages_stay_under_the_memory_bound_on_a_tensor_larger_than_it(tmp_path)
     census = ("import json, sys; from pathlib import Path; from workflow_scripts.gguf_census import Recipe, census; "
               "print(json.dumps(census(Path(sys.argv[1]), Recipe('Q8_0'), '')))")
     peaks["census"] = run_measured(["-c", census, str(src)], tmp_path / "census.out")
+    imatrix = imatrix_gguf(tmp_path / "imatrix.gguf")
+    sensitivity = ("import json, sys; from pathlib import Path; from workflow_scripts.sensitivity import weighted_errors; "
+                   "print(json.dumps(weighted_errors(*map(Path, sys.argv[1:]))))")
+    peaks["sensitivity"] = run_measured(["-c", sensitivity, str(src), str(ref), str(imatrix)], tmp_path / "sensitivity.out")
     peaks["checksums"] = run_measured(["-m", "workflow_scripts.checksums", str(src), str(ref),
                                        "--out", str(tmp_path / "SHA256SUMS")], tmp_path / "checksums.out")
     assert max(peaks.values()) <= BOUND, {stage: f"{peak / 1e6:.0f} MB" for stage, peak in peaks.items()}
@@ -105,6 +123,9 @@ def test_stages_stay_under_the_memory_bound_on_a_tensor_larger_than_it(tmp_path)
     assert np.array_equal(np.asarray(norm).view(np.float32).ravel(), np.linspace(0.5, 1.5, COLS, dtype=np.float32))
     [error] = json.loads((tmp_path / "tensors.json").read_text())["tensors"]
     assert error["name"] == NAME and error["n_elements"] == ROWS * COLS and 0 < error["rel_rms"] < 1e-3
+    weighted = json.loads((tmp_path / "sensitivity.out").read_text())[NAME]
+    assert weighted["weighted"] and weighted["n_elements"] == ROWS * COLS and weighted["type"] == "Q8_0"
+    assert 0.25 * weighted["se"] <= weighted["wse"] <= 0.5 * weighted["se"] and weighted["se"] > 0  # v_j in [1/4, 1/2]
     census_out = json.loads((tmp_path / "census.out").read_text())
     assert census_out["parameters"] == ROWS * COLS + COLS and census_out["types"] == {"F32": 1, "Q8_0": 1}
     assert (tmp_path / "SHA256SUMS").read_text() == f"{read_sidecar(ref)}  {ref.name}\n{read_sidecar(src)}  {src.name}\n"

@@ -79,6 +79,49 @@ def test_remedies_only_raise_types_and_accumulate(base):
     assert build_plan(base, "c.yaml").models["a"].remedies["Q4_K_M"] == ()
 
 
+def test_an_auto_variant_is_a_build_whose_types_come_at_run_time(base):
+    base["variants"] = {"Q4_auto": {"type": "Q4_K_M", "auto": {"bytes_of": "Q4_K_M"}},
+                        "small": {"type": "Q3_K_M", "auto": {"target_bpw": 3.9}}}
+    base["models"][1]["quants"] = ["Q4_K_M", "Q4_auto", "small"]
+    plan = build_plan(base, "c.yaml").models["b"]
+    auto = plan.builds["Q4_auto"]
+    assert (auto.type, auto.imatrix, auto.recipe) == ("Q4_K_M", True, ())
+    assert auto.auto == {"objective": {"bytes_of": "Q4_K_M"}, "source_types": [],
+                         "menu": ["Q3_K", "IQ4_XS", "Q4_K", "Q5_K", "Q6_K", "Q8_0", "Q4_0", "IQ4_NL", "Q5_0", "Q5_1"]}
+    assert auto.quantize_argv("ref.gguf", "im.gguf", "t.txt") == [
+        "--tensor-type-file", "t.txt", "--imatrix", "im.gguf", "ref.gguf", "{out}", "Q4_K_M"]
+    assert plan.remedies["Q4_auto"] == () and plan.remedies["Q4_K_M"] == ("Q4_K_M-sensitive",)
+    assert plan.auto_menu == ("IQ4_NL", "IQ4_XS", "Q3_K", "Q4_0", "Q4_K", "Q5_0", "Q5_1", "Q5_K", "Q6_K", "Q8_0")
+    assert plan.builds["small"].auto["objective"] == {"target_bpw": 3.9}
+
+
+@pytest.mark.parametrize("auto,extra,quants,expected", [
+    ({}, {}, ["Q4_auto"], "variants.Q4_auto.auto: sets no objective; expected exactly one of bytes_of, target_bpw"),
+    ({"bytes_of": "Q4_K_M", "max_mean_kld": 0.01}, {}, ["Q4_K_M", "Q4_auto"],
+     "variants.Q4_auto.auto: sets bytes_of and max_mean_kld; expected exactly one"),
+    ({"bytes_of": "Q4_K_M"}, {}, ["Q4_auto"], "variants.Q4_auto.auto.bytes_of: Q4_K_M is not among models[1]'s quants"),
+    ({"target_bpw": 4.5}, {"tensor_types": {"attn_v": "Q8_0"}}, ["Q4_auto"],
+     "variants.Q4_auto: tensor_types cannot be combined with auto"),
+    ({"target_bpw": 4.5}, {"imatrix": False}, ["Q4_auto"], "variants.Q4_auto.imatrix: an auto build weighs"),
+    ({"target_bpw": 0.5}, {}, ["Q4_auto"], "variants.Q4_auto.auto.target_bpw: 0.5 is less than the minimum of 1"),
+    ({"target_bpw": 4.5, "menu": ["Q4_K"]}, {}, ["Q4_auto"], "variants.Q4_auto.auto.menu"),
+])
+def test_bad_auto_variants_are_refused(base, auto, extra, quants, expected):
+    base["variants"] = {"Q4_auto": {"type": "Q4_K_M", "auto": auto, **extra}}
+    base["models"][1]["quants"] = quants
+    with pytest.raises(UserError) as err:
+        build_plan(base, "c.yaml")
+    assert expected in str(err.value)
+
+
+def test_auto_builds_of_one_model_share_one_menu(base):
+    base["variants"] = {"a1": {"type": "Q4_K_M", "auto": {"target_bpw": 4.5}},
+                        "a2": {"type": "Q4_K_M", "auto": {"target_bpw": 5, "menu": ["Q4_K", "Q8_0"]}}}
+    base["models"][1]["quants"] = ["a1", "a2"]
+    with pytest.raises(UserError, match=r"variants.a2.auto.menu: differs from variants.a1.auto.menu"):
+        build_plan(base, "c.yaml")
+
+
 @pytest.mark.parametrize("variants,quants,expected", [
     ({}, ["Q4_K_L"], "models[1].quants[0]: 'Q4_K_L' is not allowed; expected one of"),
     ({"Q4_K_M": {"type": "Q4_K_M", "imatrix": False}}, ["Q4_K_M"], "variants.Q4_K_M: a variant may not be named like"),

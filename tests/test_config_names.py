@@ -280,11 +280,12 @@ def output_collisions(layout, plan) -> list[str]:
 
 def _expansions(plan, names: list[str], takes_reference: bool):
     """Wildcard values of a pattern: every model, its builds (and the reference type where the rule
-    measures it), every tier."""
+    measures it) and its auto builds' menu types, every tier."""
     for model_name in plan.models if "model" in names else [None]:
         builds = list(plan.models[model_name].builds) if model_name else []
         domains = {"model": [model_name], "tier": list(plan.tiers), "reftype": [plan.reference_type],
-                   "build": builds + ([plan.reference_type] if takes_reference else [])}
+                   "build": builds + ([plan.reference_type] if takes_reference else []),
+                   "menu_type": list(plan.models[model_name].auto_menu) if model_name else []}
         for combo in product(*(domains[n] for n in names)):
             yield dict(zip(names, combo))
 

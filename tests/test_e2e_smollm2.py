@@ -345,3 +345,56 @@ def test_the_chat_template_is_the_sources_and_renders_like_transformers(demo, sm
     assert 0 < turn["tokens"] < turn["max_tokens"] and "Paris" in turn["text"]
     report = json.loads((workdir / "results" / MODEL / "validation_report.json").read_text())
     assert report["chat_template"]["verdict"] == "passed"
+
+
+def test_an_auto_build_chooses_each_tensors_type_within_the_stock_bytes(demo):
+    """Q4_auto (scenario demo-auto): every quantized tensor named in its tensor type file, the file
+    holding exactly those types, within Q4_K_M's tensor bytes; no tensor given back a type that
+    reproduces the Q4_1 source; the search measured on the calibration text only; compared paired
+    with Q4_K_M in the report; shipped with its types and their file in the provenance; rebuilt
+    byte for byte."""
+    import numpy as np
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    workdir, _, _ = demo
+    snakemake(workdir, scenario("demo-auto", workdir / "auto"))
+    model_dir = workdir / "results" / MODEL
+    lines = (model_dir / "auto" / "Q4_auto.tensor-types.txt").read_text().splitlines()
+    chosen = {line.split("=")[0][1:-1].replace("\\", ""): line.split("=")[1].upper() for line in lines}
+    auto_file = {t.name: (t.tensor_type.name, int(t.n_bytes)) for t in GGUFReader(_quant(workdir, "Q4_auto")).tensors}
+    stock = {t.name: (t.tensor_type.name, int(t.n_bytes)) for t in GGUFReader(_quant(workdir, "Q4_K_M")).tensors}
+    quantized = {name for name, (ttype, _) in stock.items() if ttype != "F32"}
+    assert set(chosen) == quantized and all(auto_file[name][0] == ttype for name, ttype in chosen.items())
+    assert sum(auto_file[n][1] for n in quantized) <= sum(stock[n][1] for n in quantized)
+    # Q5_1 gives the source's Q4_1 tensors back exactly, Q8_0 its Q8_0 embedding (error ~1e-7 of the
+    # tensor's squares): against the dequantized reference that looks free, and no tensor may have it
+    reference = {t.name: t for t in GGUFReader(model_dir / "reference" / f"{MODEL}-F16.gguf").tensors}
+    for tensor in GGUFReader(_quant(workdir, "Q4_auto")).tensors:
+        if tensor.name in chosen:
+            want = np.asarray(reference[tensor.name].data, dtype=np.float64).ravel()
+            got = dequantize(tensor.data, tensor.tensor_type).astype(np.float64).ravel()
+            assert ((got - want) ** 2).sum() > 1e-6 * (want ** 2).sum(), (tensor.name, chosen[tensor.name])
+    recipe = json.loads((model_dir / "auto" / "Q4_auto.recipe.json").read_text())
+    assert recipe["budget_bytes"] == sum(stock[n][1] for n in quantized)
+    assert recipe["excluded"]["Q8_0"] == 1 and recipe["excluded"]["Q5_1"] > 200
+    assert "imatrix/calibration.txt" in (workdir / "results/logs/calibration_logits" / f"{MODEL}.log").read_text()
+    report = json.loads((model_dir / "validation_report.json").read_text())
+    row = next(r for r in report["auto_comparison"] if r["build"] == "Q4_K_M")
+    assert row["paired"]["chunks"] == 10 and row["delta_kld_se"] > 0
+    assert row["delta_kld"] == pytest.approx(report["quants"]["Q4_auto"]["kld_mean"] - report["quants"]["Q4_K_M"]["kld_mean"],
+                                             abs=1e-4)
+    package = workdir / "results" / "package" / MODEL
+    manifest = json.loads((package / "manifest.json").read_text())
+    entry = next((e for e in manifest["files"] if e["build"] == "Q4_auto"), None)
+    if entry is None:  # withheld by its gate: then the reasons say so
+        assert "Q4_auto" in [w["quant"] for w in manifest["withheld"]]
+        return
+    assert entry["auto"]["tensor_types"] == chosen
+    deps = entry["provenance"]["predicate"]["buildDefinition"]["resolvedDependencies"]
+    types_file = f"results/{MODEL}/auto/Q4_auto.tensor-types.txt"
+    assert {"name": types_file, "digest": {"sha256": sha256_file(workdir / types_file)}} in deps
+    assert "--tensor-type-file" in entry["command"] and "## Auto builds" in (package / "README.md").read_text()
+    rebuilt = subprocess.run([os.sys.executable, "-m", "workflow_scripts.verify_package", str(package), "--reproduce",
+                              entry["file"]], cwd=workdir, capture_output=True, text=True)
+    assert rebuilt.returncode == 0, rebuilt.stderr

@@ -86,7 +86,7 @@ def _settings() -> dict:
     return {"model": MODEL, "base_model": "org/m", "license": "mit", "note": None, "reference_type": "F16",
             "quantized_by": "someone", "repo_id": "someone/m-GGUF",
             "reference_path": ref, "imatrix_path": imatrix, "calibration": {"chunks": 2, "ctx": 64},
-            "evaluation": {"chunks": 1, "ctx": 64}, "toolchain": {"backend": "cpu"}, "split_max_mb": 50000,
+            "evaluation": {"chunks": 1, "ctx": 64}, "toolchain": {"backend": "cpu"}, "split_max_mb": 50000, "auto": {},
             "commands": {b: ["llama-quantize", "--imatrix", imatrix, ref, "{out}", b.split("-")[0]]
                          for b in ("Q8_0", "Q2_K", "Q2_K-sensitive", "IQ4_XS", "IQ4_XS-sensitive")}}
 

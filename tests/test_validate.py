@@ -29,6 +29,29 @@ def test_parse_kl_divergence_statistics():
     assert (kld["same_top_pct"], kld["rms_dp_pct"], kld["chunks"]) == (91.882, 5.571, 10)
 
 
+def test_parse_kl_divergence_per_chunk_means_from_the_running_table():
+    """The table's figures are running means over chunks 1..k of 255 tokens each (n_ctx 512): chunk k's
+    own mean is m_k·k - m_(k-1)·(k-1). Expectations worked out by hand from the printed lines."""
+    kld = parse_kl_divergence((FIXTURES / "smollm2-135m-Q4_K_M-kld.log").read_text())
+    # KLD column: chunk 1 0.13164; chunk 2: 2 × 0.08023 - 0.13164 = 0.02882; chunk 3: 3 × 0.06330 - 0.16046 = 0.02944;
+    # ... chunk 10: 10 × 0.03888 - 9 × 0.03993 = 0.38880 - 0.35937 = 0.02943
+    assert kld["chunk_kld_mean"] == [0.13164, 0.02882, 0.02944, 0.0295, 0.0285, 0.03176, 0.02561, 0.02849, 0.02561, 0.02943]
+    # ln(PPL(Q)/PPL(base)) column: 0.04581; 2 × 0.05417 - 0.04581 = 0.06253; ... 10 × 0.04195 - 9 × 0.04310 = 0.0316
+    assert kld["chunk_ln_ppl_ratio"] == [0.04581, 0.06253, 0.03173, 0.06561, 0.01722, 0.0402, 0.04203, 0.02855, 0.05422, 0.0316]
+    # Same top p: running counts 86.275 % × 255 = 220, 90.196 % × 510 = 460, 90.065 % × 765 = 689, ...,
+    # 91.895 % × 2295 = 2109, 91.882 % × 2550 = 2343: per chunk 220, 240, 229, ..., 234 of 255 tokens
+    counts = [220, 240, 229, 234, 235, 236, 239, 228, 248, 234]
+    assert kld["chunk_same_top_pct"] == pytest.approx([100 * c / 255 for c in counts], abs=1e-12)
+    # the chunks' average is the final figure: the errors of the running means telescope
+    assert sum(kld["chunk_kld_mean"]) / 10 == pytest.approx(0.03888, abs=1e-12)
+
+
+def test_kl_divergence_output_without_its_chunk_table_is_an_error():
+    text = (FIXTURES / "smollm2-135m-Q4_K_M-kld.log").read_text()
+    with pytest.raises(ValueError, match="per-chunk lines .*chunks 1 to 10, found 9"):
+        parse_kl_divergence("\n".join(line for line in text.splitlines() if not line.startswith("   7 ")))
+
+
 def test_truncated_tool_output_is_an_error():
     text = (FIXTURES / "smollm2-135m-Q4_K_M-kld.log").read_text()
     with pytest.raises(ValueError, match="lacks .*Same top p"):

@@ -48,6 +48,7 @@ class Build:
     type: str
     imatrix: bool
     options: dict[str, Any]
+    auto: dict[str, Any] | None = None  # an auto build: {"objective": {key: value}, "menu": [...], "source_types": [...]}
 
     @property
     def args(self) -> tuple[str, ...]:
@@ -57,11 +58,12 @@ class Build:
     def recipe(self) -> tuple[str, ...]:
         return quantize_args(self.options, include_extra=False)
 
-    def quantize_argv(self, reference: str, imatrix: str) -> list[str]:
-        """llama-quantize's arguments (``{out}`` stands for the output): the overrides, the imatrix
-        by its stable relative path when the build uses it, the reference, the type. The quantize
-        job runs them and the package records them."""
-        return [*self.args, *(["--imatrix", imatrix] if self.imatrix else []), reference, "{out}", self.type]
+    def quantize_argv(self, reference: str, imatrix: str, tensor_type_file: str | None = None) -> list[str]:
+        """llama-quantize's arguments (``{out}`` stands for the output): the overrides (an auto
+        build's: its tensor type file), the imatrix by its stable relative path when the build uses
+        it, the reference, the type. The quantize job runs them and the package records them."""
+        chosen = ["--tensor-type-file", tensor_type_file] if self.auto else []
+        return [*self.args, *chosen, *(["--imatrix", imatrix] if self.imatrix else []), reference, "{out}", self.type]
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,11 @@ class ModelPlan:
     builds: dict[str, Build] = field(default_factory=dict)
     remedies: dict[str, tuple[str, ...]] = field(default_factory=dict)
     gates: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def auto_menu(self) -> tuple[str, ...]:
+        """Every tensor type some auto build of the model may choose: one sensitivity job each."""
+        return tuple(sorted({t for build in self.builds.values() if build.auto for t in build.auto["menu"]}))
 
 
 @dataclass(frozen=True)
@@ -347,7 +354,9 @@ def _check_model(index: int, model: dict, config: dict, source_name: str, base: 
                 f"cannot be made without one) but {switch} is false; set it to true or drop {quant}"
             )
         add(quant, build, f"{quants_field}[{position}]")
-        remedies[quant] = _remedy_builds(quant, build, config["fallback"]["remedies"], add)
+        # an auto build's types are the search's answer for its budget: a fixed remedy over them is none
+        remedies[quant] = () if build.auto else _remedy_builds(quant, build, config["fallback"]["remedies"], add)
+    _check_auto_builds(builds, quants, source, base, where, quants_field, source_name)
     gates = {name: gate_for(build.type, config["gates"], schema) for name, build in builds.items()}
     return ModelPlan(name=name, source=source, quants=quants, calibration=calibration,
                      imatrix=any(b.imatrix for b in builds.values()), builds=builds, remedies=remedies, gates=gates)
@@ -370,8 +379,70 @@ def _build(quant: str, where: str, config: dict, imatrix: bool, schema: dict, so
     if quant in types:
         raise UserError(f"{source_name}: variants.{quant}: a variant may not be named like the quant type {quant}; "
                         f"expected another name (e.g. {quant}_static)")
+    if "auto" in variant:
+        return _auto_build(quant, variant, imatrix, source_name)
     options = _merge_options(config["quant_options"].get(variant["type"], {}), variant)
     return Build(variant["type"], variant.get("imatrix", imatrix), options)
+
+
+AUTO_OBJECTIVES = ("bytes_of", "target_bpw", "max_mean_kld")
+
+
+def _auto_build(name: str, variant: dict, imatrix: bool, source_name: str) -> Build:
+    """An auto variant as a Build: its file type, no options of its own (the chosen tensor types
+    come as a file at run time), the objective and the menu. Settings that would compete with the
+    chosen types are refused, and so is a build without the imatrix (the search weighs errors by it)."""
+    where = f"{source_name}: variants.{name}"
+    auto = variant["auto"]
+    objectives = [key for key in AUTO_OBJECTIVES if key in auto]
+    if len(objectives) != 1:
+        raise UserError(f"{where}.auto: {'sets ' + ' and '.join(objectives) if objectives else 'sets no objective'}; "
+                        f"expected exactly one of {', '.join(AUTO_OBJECTIVES)}")
+    clashing = [key for key in OPTION_KEYS if variant.get(key)]
+    if clashing:
+        raise UserError(f"{where}: {', '.join(clashing)} cannot be combined with auto (the search chooses every "
+                        "tensor's type); expected them left out")
+    if not variant.get("imatrix", imatrix):
+        raise UserError(f"{where}.imatrix: an auto build weighs each tensor's error by the importance matrix; "
+                        "expected true (and the model's imatrix on)")
+    return Build(variant["type"], True, {"tensor_types": {}},
+                 auto={"objective": {objectives[0]: auto[objectives[0]]}, "menu": list(auto["menu"]), "source_types": []})
+
+
+def source_stored_types(source: dict, base: Path) -> set[str]:
+    """The quantized tensor types a GGUF source stores its weights in (an F16/BF16/F32 source, or an
+    HF source: none). Requantizing a tensor to the type it came from reproduces the source exactly,
+    so such a type looks free to a search measured against the dequantized reference."""
+    if source["type"] != "gguf":
+        return set()
+    from workflow_scripts.gguf_header import read_gguf_header, resolve_gguf_path
+
+    header = read_gguf_header(base / resolve_gguf_path(source))  # a split source's first part holds the same types
+    return {t.type.name for t in header.tensors.values()} - {"F32", "F16", "BF16"}
+
+
+def _check_auto_builds(builds: dict[str, Build], quants: tuple[str, ...], source: dict, base: Path, where: str,
+                       quants_field: str, source_name: str) -> None:
+    """Each auto build's budget names a stock build of the model; the types the source was stored in
+    are recorded (a tensor may not get back the type the source stored it in)."""
+    autos = {name: build for name, build in builds.items() if build.auto}
+    if not autos:
+        return
+    menus = {tuple(sorted(build.auto["menu"])): name for name, build in autos.items()}
+    if len(menus) > 1:
+        first, second = list(menus.values())[:2]
+        raise UserError(f"{source_name}: variants.{second}.auto.menu: differs from variants.{first}.auto.menu, and both "
+                        f"are builds of {where}; expected one menu per model (its sensitivity is measured once)")
+    stored = source_stored_types(source, base)
+    for name, build in autos.items():
+        bytes_of = build.auto["objective"].get("bytes_of")
+        if bytes_of is not None and bytes_of not in quants:
+            raise UserError(f"{source_name}: variants.{name}.auto.bytes_of: {bytes_of} is not among {where}'s quants "
+                            f"({quants_field}: {', '.join(quants)}); expected a quant type the model also builds, "
+                            "whose size is the budget and the comparison")
+        # per tensor at run time (the auto recipe reads the source's types): Q8_0 stays on the menu
+        # of a Q4_1 source's Q4_1 tensors, and only its Q8_0 token embedding loses it
+        build.auto["source_types"] = sorted(stored)
 
 
 def _merge_options(base: dict, over: dict) -> dict:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 # [  7/ 272] blk.0.attn_v.weight  - [   576,    192,      1,      1], type =    f16, converting to q8_0 .. size = ...
 _TENSOR_LINE = re.compile(
@@ -99,6 +100,10 @@ _FINAL_PPL = re.compile(r"Final estimate: PPL = (?P<ppl>[\d.]+) \+/- (?P<err>[\d
 # "Mean PPL(Q)                   :   9.806012 ±   0.527039", "Same top p: 91.882 ± 0.541 %"
 _STAT = re.compile(r"^(?P<label>[^:=\[]+?)\s*:\s*(?P<value>-?[\d.]+)\s*(?:±\s*(?P<err>[\d.]+))?\s*%?\s*$")
 _CHUNKS = re.compile(r"(?:calculating perplexity|kl_divergence: computing) over (?P<n>\d+) chunks, n_ctx=(?P<ctx>\d+)")
+# --kl-divergence's table, one line per chunk, RUNNING figures over chunks 1..k (perplexity.cpp, kl_divergence()):
+# "   3      11.3533 ±    1.1565       0.04669 ±    0.01438       0.06330 ±    0.00449     7.014 ±  0.518 %    90.065 ±  1.082 %"
+#  chunk  PPL(Q) ± err  mean ln(PPL(Q)/PPL(base)) ± err  mean KLD ± err  RMS Δp ± err %  same top p ± err %
+_CHUNK_ROW = re.compile(r"^\s*(?P<chunk>\d+)" + r"\s+(\S+)\s+±\s+\S+(?:\s*%)?" * 5 + r"\s*$")
 
 KLD_FIELDS = {
     # label in llama-perplexity's statistics blocks -> (key, has error)
@@ -136,13 +141,14 @@ def parse_perplexity_base(text: str) -> dict[str, float]:
             "chunks": int(chunks["n"]) if chunks else None, "ctx": int(chunks["ctx"]) if chunks else None}
 
 
-def parse_kl_divergence(text: str) -> dict[str, float | None]:
-    """PPL, KLD and token-probability figures of a --kl-divergence run (text only on stdout)."""
+def parse_kl_divergence(text: str) -> dict[str, Any]:
+    """PPL, KLD and token-probability figures of a --kl-divergence run (text only on stdout), with the
+    per-chunk means (per_chunk_figures)."""
     stats = parse_statistics(text)
     missing = [label for label in KLD_FIELDS if label not in stats]
     if missing:
         raise ValueError(f"llama-perplexity --kl-divergence output lacks {', '.join(missing)}")
-    result: dict[str, float | None] = {}
+    result: dict[str, Any] = {}
     for label, key in KLD_FIELDS.items():
         value, error = stats[label]
         result[key] = value
@@ -150,8 +156,38 @@ def parse_kl_divergence(text: str) -> dict[str, float | None]:
             result[f"{key}_error"] = error
     result["delta_ppl_pct"] = round((result["ppl_ratio"] - 1) * 100, 4)
     chunks = _CHUNKS.search(text)
-    result["chunks"] = int(chunks["n"]) if chunks else None
-    return result
+    if not chunks:
+        raise ValueError("llama-perplexity --kl-divergence output lacks its 'computing over N chunks, n_ctx=C' line")
+    result["chunks"] = int(chunks["n"])
+    return {**result, **per_chunk_figures(text, int(chunks["n"]), int(chunks["ctx"]))}
+
+
+def per_chunk_figures(text: str, n_chunks: int, ctx: int) -> dict[str, list[float]]:
+    """Per-chunk means of KLD, of ln(PPL(Q)/PPL(base)) and of the same-top share (%), from the running
+    figures --kl-divergence prints after each chunk: every chunk scores the same number of tokens,
+    N = ctx - 1 - ctx/2 (the second half of its context), so chunk k's mean is m_k·k - m_(k-1)·(k-1).
+
+    Precision: KLD and ln(PPL ratio) are printed with 5 decimals (%10.5lf), each running mean within
+    ±5e-6 of the true one, so chunk k's mean is within ±5e-6·(2k-1) (±9.5e-5 at chunk 10, ±1e-3 at
+    chunk 100; about 0.4 of that as an RMS); the errors telescope, so the chunks' average stays
+    within ±5e-6 of the printed final mean. (The values are exact 5-decimal numbers once float noise is
+    rounded off.) The same-top share is printed in % with 3 decimals: the running count of same-top
+    tokens, share·k·N, is off by at most 5e-6·k·N and is rounded to the whole count it is, which is
+    exact while k·N < 100 000 (390 chunks of 512); the per-chunk shares are then exact too.
+    """
+    rows = [match for match in map(_CHUNK_ROW.match, text.splitlines()) if match]
+    if [int(row["chunk"]) for row in rows] != list(range(1, n_chunks + 1)):
+        raise ValueError(f"llama-perplexity --kl-divergence output lacks its per-chunk lines (expected chunks 1 to "
+                         f"{n_chunks}, found {len(rows)} line(s))")
+    tokens = ctx - 1 - ctx // 2
+
+    def per_chunk(running: list[float], digits: int) -> list[float]:  # rounded to the digits it has: no float noise
+        return [round(m * k - prev * (k - 1), digits) for k, (prev, m) in enumerate(zip([0.0, *running], running), start=1)]
+
+    same_counts = [0] + [round(float(row[6]) / 100 * k * tokens) for k, row in enumerate(rows, start=1)]
+    return {"chunk_kld_mean": per_chunk([float(row[4]) for row in rows], 5),
+            "chunk_ln_ppl_ratio": per_chunk([float(row[3]) for row in rows], 5),
+            "chunk_same_top_pct": [100 * (now - before) / tokens for before, now in zip(same_counts, same_counts[1:])]}
 
 
 def parse_bench_json(text: str) -> dict:

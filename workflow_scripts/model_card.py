@@ -239,6 +239,37 @@ def _how_made(manifest: dict) -> list[str]:
     return lines
 
 
+def _auto_builds(manifest: dict) -> list[str]:
+    """Auto builds: how each file's types were chosen, predicted against measured, what moved."""
+    autos = [entry for entry in manifest["files"] if entry.get("auto")]
+    if not autos:
+        return []
+    lines = ["", "## Auto builds", "",
+             "These files' tensor types were chosen per tensor by gguf-forge: each tensor's imatrix-weighted error at "
+             "every menu type was measured, scaled per tensor group by real KL-divergence probes on the calibration "
+             "text, and the lowest predicted mean KLD within the budget was picked. The evaluation text above judged "
+             "the result and was never seen by the search."]
+    for entry in autos:
+        auto = entry["auto"]
+        moved = auto.get("moved") or {}
+        lines += ["", f"**{entry['label']}**: {entry['recipe_text']}; {auto['n_bytes'] / MIB:.1f} MiB of tensors "
+                  f"(budget {auto['budget_bytes'] / MIB:.1f} MiB). Predicted mean KLD on the calibration text "
+                  f"{auto['predicted_kld_mean']:.4f}, measured on the evaluation text {entry['metrics']['kld_mean']:.4f}."]
+        for way in ("up", "down"):
+            names = moved.get(way) or []
+            if names:
+                lines.append(f"- {len(names)} tensors moved {way} against {auto['objective'].get('bytes_of', 'the stock build')}: "
+                             + ", ".join(f"`{n}`" for n in names[:8]) + (", ..." if len(names) > 8 else ""))
+        if auto.get("source_types"):
+            lines.append(f"- The source was itself stored as {', '.join(auto['source_types'])}: the reference is its "
+                         "dequantization, so a tensor given back a type that reproduces it (measured error near zero, "
+                         "e.g. Q4_1 and Q5_1 for Q4_1 weights) would look free; such choices were left out "
+                         f"({', '.join(f'{t} for {n} tensors' for t, n in sorted((auto.get('excluded') or {}).items())) or 'none found'}).")
+        lines.append(f"- The chosen types are in the manifest (`files[].auto.tensor_types`); the command used them as "
+                     f"`--tensor-type-file {auto['tensor_type_file']}`.")
+    return lines
+
+
 def render_card(manifest: dict) -> str:
     """README.md for the package directory, from its manifest."""
     title = manifest.get("base_model") or manifest["model"]
@@ -249,6 +280,7 @@ def render_card(manifest: dict) -> str:
               "files that failed are listed under *Not published* with the reasons.", "", "## Files", ""]
     lines += _files_table(manifest) if manifest["files"] else ["No file passed its gate; nothing is published."]
     lines += run_section(manifest) + _prompt_format(manifest)
+    lines += _auto_builds(manifest)
     lines += _recommendations(manifest) + _speed(manifest) + _tensor_error(manifest) + _expert_coverage(manifest)
     lines += _withheld(manifest)
     lines += _how_made(manifest)

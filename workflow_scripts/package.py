@@ -57,6 +57,26 @@ def recipe_text(file_type: str, recipe: list[str]) -> str:
     return file_type + (f" with {', '.join(raised)}" if raised else "")
 
 
+def auto_recipe_text(file_type: str, recipe: dict) -> str:
+    """An auto build's recipe in words: ``auto within the bytes of Q4_K_M (Q4_K_M file type): Q5_0
+    ×150, Q4_K ×30, Q8_0 ×2`` (tensors per chosen type, most first)."""
+    (key, value), = recipe["objective"].items()
+    within = {"bytes_of": f"within the bytes of {value}", "target_bpw": f"at {value} bits per weight",
+              "max_mean_kld": f"for predicted mean KLD {value}"}[key]
+    counts = sorted(recipe["types"].items(), key=lambda item: (-item[1], item[0]))
+    return f"auto {within} ({file_type} file type): " + ", ".join(f"{t} ×{n}" for t, n in counts)
+
+
+def auto_record(recipe: dict, tensor_types_path: str, build: dict) -> dict[str, Any]:
+    """What the manifest keeps of an auto build's search: objective, budget, prediction, the
+    per-group scales, the types chosen for every tensor and which moved against the stock build."""
+    keys = ("objective", "budget_bytes", "n_bytes", "bits_per_weight", "base_kld_mean", "predicted_kld_mean", "alphas",
+            "types", "moved", "excluded")
+    return {**{key: recipe.get(key) for key in keys}, "menu": build["auto"]["menu"],
+            "source_types": build["auto"]["source_types"], "tensor_type_file": tensor_types_path,
+            "tensor_types": {name: t["type"] for name, t in recipe["tensors"].items()}}
+
+
 def _file_entry(name: str, label: str, build: str, entry: dict, digest: str, command: list[str],
                 dependencies: list[dict], builder: dict) -> dict[str, Any]:
     return {
@@ -105,9 +125,16 @@ def manifest(settings: dict, report: dict, speed: dict, stamp: dict, records: di
         entry = report["quants"][build]
         name = package_file(model, quant)  # named by the label it ships under, whichever build it is
         deps = [d for d in base_dependencies if entry["build"]["imatrix"] or d["name"] != settings["imatrix_path"]]
+        auto = settings["auto"].get(build)
+        if auto:  # the chosen types are an input of the command like the reference
+            deps.append(dependency(auto["tensor_types"], digests[auto["tensor_types"]]))
         command = [name if arg == "{out}" else arg for arg in settings["commands"][build]]
         record = {**_file_entry(name, quant, build, entry, digests[name], command, deps, builder),
                   "speed": speed["builds"][build]}
+        if auto:
+            recipe = records["auto"][build]
+            record["recipe_text"] = auto_recipe_text(entry["build"]["type"], recipe)
+            record["auto"] = auto_record(recipe, auto["tensor_types"], entry["build"])
         if name in parts:  # published as parts; the statement names them too
             record["parts"] = parts[name]
             record["provenance"]["subject"] += [{"name": p["file"], "digest": {"sha256": p["sha256"]}} for p in parts[name]]
@@ -196,6 +223,11 @@ def assemble(settings: dict, report_path: Path, speed_path: Path, stamp_path: Pa
                for label, build in speed["ships"].items() if build is not None}
     for name, path in shipped.items():
         digests[name] = verify(path)
+    loaded["auto"] = {}
+    for build, paths in settings["auto"].items():  # auto builds that ship: their search and chosen types
+        if build in speed["ships"].values():
+            loaded["auto"][build] = json.loads(Path(paths["recipe"]).read_text())
+            digests[paths["tensor_types"]] = sha256_file(paths["tensor_types"])
     templates = gguf_templates(read_gguf_header(settings["reference_path"]).metadata)  # the quants copy them
     partial = out.with_name(f".{out.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)

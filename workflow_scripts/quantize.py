@@ -14,18 +14,19 @@ from pathlib import Path
 
 from workflow_scripts.atomic import atomic_write_text
 from workflow_scripts.checksums import verify
-from workflow_scripts.errors import run_cli
+from workflow_scripts.errors import UserError, run_cli
 from workflow_scripts.gguf_census import census, preflight, recipe_from_args
 from workflow_scripts.tool_step import run_tool
 
 
 def quantize(stamp: Path, reference: Path, build: dict, threads: int, out: Path, census_out: Path, log: Path,
              verify_paths: list[Path]) -> dict:
-    """Make ``out`` as ``build`` says (``type``, ``recipe``: the type overrides, ``argv``:
-    llama-quantize's arguments with ``{out}`` for the output) and write its census."""
+    """Make ``out`` as ``build`` says (``type``, ``recipe``: the type overrides, ``tensor_type_file``:
+    an auto build's chosen types, ``argv``: llama-quantize's arguments with ``{out}`` for the
+    output) and write its census, which checks the file's overrides like any others."""
     for path in verify_paths:
         verify(path)
-    recipe = recipe_from_args(build["type"], build["recipe"])
+    recipe = recipe_from_args(build["type"], [*build["recipe"], *tensor_type_file_args(build.get("tensor_type_file"))])
     preflight(reference, recipe)
     log.unlink(missing_ok=True)  # the census reads the fallback reasons from this run's log only
     run_tool(stamp, "llama-quantize", [*build["argv"], str(threads)], out, log, [])
@@ -34,6 +35,16 @@ def quantize(stamp: Path, reference: Path, build: dict, threads: int, out: Path,
     with open(log, "a") as handle:
         handle.write(f"{out}: {result['bits_per_weight']} bits per weight, {result['classes']}\n")
     return result
+
+
+def tensor_type_file_args(path: str | None) -> list[str]:
+    """The lines of a --tensor-type-file as --tensor-type options (none without a file)."""
+    if path is None:
+        return []
+    lines = Path(path).read_text().split()
+    if not lines:
+        raise UserError(f"{path}: no PATTERN=TYPE lines; expected the auto recipe's tensor types")
+    return [arg for line in lines for arg in ("--tensor-type", line)]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,9 +1,10 @@
 """Tables and plots across models: what was built, how good and how fast, and what to run where.
 
 ``summary.csv`` has one row per build (quality, verdicts, speed per tier); ``summary.md`` and
-``recommendations.md`` are the same figures for people; the plots show each model's size vs
-mean-KLD frontier and generation speed per tier. Plots are SVG with fixed metadata, so the same
-figures give the same bytes.
+``recommendations.md`` are the same figures for people (with, for a model that has auto builds, their
+paired comparison with the builds of about their size); the plots show each model's size vs mean KLD
+(the stock builds' frontier, the auto builds marked) and generation speed per tier. Plots are SVG
+with fixed metadata, so the same figures give the same bytes.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from workflow_scripts.atomic import atomic_output, atomic_write_text
+from workflow_scripts.compare import comparison_md
 from workflow_scripts.errors import run_cli
 
 MIB = 1024 * 1024
-COLUMNS = ("model", "quant", "type", "shipped", "quality_verdict", "speed_verdict", "file_mib", "bits_per_weight",
+COLUMNS = ("model", "quant", "type", "auto", "shipped", "quality_verdict", "speed_verdict", "file_mib", "bits_per_weight",
            "delta_ppl_pct", "kld_mean", "same_top_pct")
 
 
@@ -29,7 +31,8 @@ def rows(validation: dict, speed: dict, tiers: list[str]) -> list[dict[str, Any]
     shipped = {b for b in speed["ships"].values() if b}
     for name, entry in validation["quants"].items():
         timing = speed["builds"].get(name, {})
-        row = {"model": validation["model"], "quant": name, "type": entry["build"]["type"], "shipped": name in shipped,
+        row = {"model": validation["model"], "quant": name, "type": entry["build"]["type"],
+               "auto": bool(entry["build"].get("auto")), "shipped": name in shipped,
                "quality_verdict": entry["verdict"], "speed_verdict": timing.get("verdict", ""),
                "file_mib": round(entry["file_bytes"] / MIB, 1), "bits_per_weight": entry["bits_per_weight"],
                "delta_ppl_pct": entry["delta_ppl_pct"], "kld_mean": entry["kld_mean"], "same_top_pct": entry["same_top_pct"]}
@@ -88,21 +91,28 @@ def _figure():
 
 
 def plot_frontier(table: list[dict], model: str, path: Path) -> None:
-    """File size against mean KLD for one model's builds; the shipped ones filled, the frontier drawn."""
+    """File size against mean KLD for one model's builds: the shipped ones filled, the stock builds'
+    Pareto frontier (those no smaller-or-equal stock build beats) drawn as a line, auto builds as
+    labelled stars, so an auto build below the line beats the stock mixtures at its size."""
     plt = _figure()
     fig, ax = plt.subplots(figsize=(6, 4))
-    builds = sorted((r for r in table if r["model"] == model), key=lambda r: r["file_mib"])
+    builds = sorted((r for r in table if r["model"] == model), key=lambda r: (r["file_mib"], r["kld_mean"]))
     for r in builds:
-        ax.scatter(r["file_mib"], r["kld_mean"], marker="o", facecolors="C0" if r["shipped"] else "none", edgecolors="C0")
-        ax.annotate(r["quant"], (r["file_mib"], r["kld_mean"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        if r["auto"]:
+            ax.scatter(r["file_mib"], r["kld_mean"], marker="*", s=120, color="C3", gid=f"auto-{r['quant']}")
+        else:
+            ax.scatter(r["file_mib"], r["kld_mean"], marker="o", facecolors="C0" if r["shipped"] else "none", edgecolors="C0")
+        ax.annotate(r["quant"], (r["file_mib"], r["kld_mean"]), textcoords="offset points", xytext=(4, 4), fontsize=7,
+                    **({"color": "C3", "fontweight": "bold"} if r["auto"] else {}))
     frontier, best = [], float("inf")
     for r in builds:
-        if r["kld_mean"] < best:
+        if not r["auto"] and r["kld_mean"] < best:
             frontier.append(r)
             best = r["kld_mean"]
-    ax.plot([r["file_mib"] for r in frontier], [r["kld_mean"] for r in frontier], color="C1", linewidth=1)
+    ax.plot([r["file_mib"] for r in frontier], [r["kld_mean"] for r in frontier], color="C1", linewidth=1,
+            gid="stock-frontier")
     ax.set(xlabel="file size (MiB)", ylabel="mean KLD vs reference", yscale="log",
-           title=f"{model}: size vs quality (filled: shipped)")
+           title=f"{model}: size vs quality (filled: shipped; line: stock frontier; ★: auto)")
     _save(fig, plt, path)
 
 
@@ -166,7 +176,9 @@ def main(argv: list[str] | None = None) -> None:
     atomic_write_text(ns.out_dir / "summary.csv", summary_csv(table, ns.tiers))
     disks = [json.loads(p.read_text()) for p in ns.disk]
     published = [json.loads(p.read_text()) for p in ns.published]
-    atomic_write_text(ns.out_dir / "summary.md", summary_md(table, ns.tiers) + disk_md(disks) + published_md(published))
+    comparisons = "".join(comparison_md(v["model"], v["auto_comparison"]) for v in validations if "auto_comparison" in v)
+    atomic_write_text(ns.out_dir / "summary.md",
+                      summary_md(table, ns.tiers) + comparisons + disk_md(disks) + published_md(published))
     atomic_write_text(ns.out_dir / "recommendations.md", recommendations_md(speeds, ns.tiers))
     for validation in validations:
         plot_frontier(table, validation["model"], ns.out_dir / "plots" / f"{validation['model']}-size-vs-kld.svg")

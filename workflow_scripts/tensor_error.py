@@ -15,13 +15,16 @@ import json
 import re
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
 from workflow_scripts.atomic import atomic_write_text
 from workflow_scripts.checksums import verify
 from workflow_scripts.errors import UserError, run_cli
+
+if TYPE_CHECKING:
+    from workflow_scripts.gguf_header import GGUFHeader, TensorEntry
 
 CHUNK_ELEMENTS = 1 << 22
 # block_q1_0 (ggml-common.h): ggml_half d, uint8_t qs[16]; weight j is d where bit j (lowest bit
@@ -42,12 +45,12 @@ def dequantize(rows: np.ndarray, qtype) -> np.ndarray:
     return np.where(signs == 1, d, -d).reshape(*blocks.shape[:-1], -1)
 
 
-def tensor_errors(quant: Path, reference: Path) -> list[dict[str, Any]]:
-    """Relative RMS and max absolute error of every quantized tensor of ``quant`` against ``reference``."""
-    from workflow_scripts.gguf_header import read_gguf_header
-
-    quant_header, ref_header = read_gguf_header(quant), read_gguf_header(reference)
-    found = []
+def quantized_tensors(quant_header: GGUFHeader, ref_header: GGUFHeader) -> Iterator[tuple[TensorEntry, TensorEntry]]:
+    """Every tensor of a quant (a GGUFHeader) stored in another type than in its reference's
+    header, with the reference's entry; UserError for a tensor the reference lacks or holds with
+    another element count or shape. Tensors of the reference's type (1-D F32 norms) were not
+    quantized: left out."""
+    quant, reference = quant_header.path, ref_header.path
     for tensor in quant_header.tensors.values():
         base = ref_header.tensors.get(tensor.name)
         if base is None:
@@ -60,12 +63,29 @@ def tensor_errors(quant: Path, reference: Path) -> list[dict[str, Any]]:
         if tuple(tensor.shape) != tuple(base.shape):  # blocks of rows are compared one with one
             raise UserError(f"{quant}: tensor {tensor.name} has shape {list(tensor.shape)}, the reference {reference} "
                             f"{list(base.shape)}")
+        yield tensor, base
+
+
+def dequantized_blocks(quant_header: GGUFHeader, tensor: TensorEntry, ref_header: GGUFHeader,
+                       base: TensorEntry) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """One tensor of a quant and of its reference (``quantized_tensors``' pairs), dequantized a
+    block of rows at a time as float64 (rows × row length), block for block: memory is one block."""
+    for q_rows, r_rows in zip(quant_header.row_blocks(tensor, CHUNK_ELEMENTS),
+                              ref_header.row_blocks(base, CHUNK_ELEMENTS), strict=True):
+        yield dequantize(q_rows, tensor.type).astype(np.float64), dequantize(r_rows, base.type).astype(np.float64)
+
+
+def tensor_errors(quant: Path, reference: Path) -> list[dict[str, Any]]:
+    """Relative RMS and max absolute error of every quantized tensor of ``quant`` against ``reference``."""
+    from workflow_scripts.gguf_header import read_gguf_header
+
+    quant_header, ref_header = read_gguf_header(quant), read_gguf_header(reference)
+    found = []
+    for tensor, base in quantized_tensors(quant_header, ref_header):
         err2 = ref2 = max_abs = 0.0
-        for q_rows, r_rows in zip(quant_header.row_blocks(tensor, CHUNK_ELEMENTS),
-                                  ref_header.row_blocks(base, CHUNK_ELEMENTS), strict=True):
-            got = dequantize(q_rows, tensor.type).astype(np.float64).ravel()
-            want = dequantize(r_rows, base.type).astype(np.float64).ravel()
-            diff = got - want
+        for got, want in dequantized_blocks(quant_header, tensor, ref_header, base):
+            diff = (got - want).ravel()
+            want = want.ravel()
             err2 += float(diff @ diff)
             ref2 += float(want @ want)
             max_abs = max(max_abs, float(np.abs(diff).max()))

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from workflow_scripts import chat_template, fallback, imatrix
+from workflow_scripts import chat_template, compare, fallback, imatrix
 from workflow_scripts.atomic import atomic_write_text
 from workflow_scripts.checksums import verify
 from workflow_scripts.errors import UserError, run_cli
@@ -156,8 +156,10 @@ def model_report(model: str, reference: dict, builds: dict[str, dict], attempts:
     """Every build's verdict, which build ships for each requested quant (the last try, if it
     passed), the invariants across builds, (given the reference's sanity record) which sanity
     prompts could not discriminate, and (given the imatrix's coverage record) how many experts of
-    each expert tensor the imatrix covered."""
+    each expert tensor the imatrix covered; with auto builds, each against the builds of about its size
+    (workflow_scripts.compare)."""
     ships = fallback.ships(attempts, lambda build: builds[build]["verdict"])
+    autos = compare.auto_build_names(builds)
     for quant, tried in attempts.items():
         for name in tried:
             builds[name]["shipped"] = name == ships[quant]
@@ -174,6 +176,7 @@ def model_report(model: str, reference: dict, builds: dict[str, dict], attempts:
                        "imatrix_not_worse_than_static": imatrix_violations(builds)},
         **({"sanity": reference_sanity(sanity)} if sanity is not None else {}),
         **({"imatrix_coverage": imatrix.summary(coverage)} if coverage is not None else {}),
+        **({"auto_comparison": compare.comparison_table(builds, autos)} if autos else {}),
     }
 
 
