@@ -137,3 +137,17 @@ def test_hub_source_not_downloaded_is_said_unknown(demo):
     with pytest.raises(UserError, match="not counted: the Hub downloads of h and what is made from them"):
         build_plan(config, "c.yaml", base=base, free_bytes=1 << 20)
     assert "not available offline" in build_plan(config, "c.yaml", base=base, free_bytes=1 << 40).disk["h"].unknown[0]
+
+
+def test_auto_builds_are_predicted_by_their_objective(demo):
+    config, base = demo
+    config = dict(config, quants=["Q4_K_M", "A", "B"], variants={
+        "A": {"type": "Q4_K_M", "auto": {"bytes_of": "Q4_K_M"}}, "B": {"type": "Q4_K_M", "auto": {"target_bpw": 4.0}}})
+    files = build_plan(config, "c.yaml", base=base, free_bytes=10**13).disk["smollm2-135m"].files
+    quant = "results/smollm2-135m/quant/smollm2-135m-{}.gguf"
+    assert files[quant.format("A")] == files[quant.format("Q4_K_M")]  # within the stock build's bytes
+    # 4 bits a weight against the F16 reference's 16 (its norms at 32 and the header weigh a little)
+    assert 0.24 < files[quant.format("B")] / files["results/smollm2-135m/reference/smollm2-135m-F16.gguf"] < 0.26
+    # the probes' logits on the calibration text: the evaluation's window, 10 chunks of 512 here
+    assert files["results/smollm2-135m/auto/calibration.logits"] == 250_716_100
+    assert "results/smollm2-135m/auto/sensitivity#temporary quant" in files

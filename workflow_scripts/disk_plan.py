@@ -22,6 +22,8 @@ Predicted files, per model (``predict``):
   ``"_logits_"``, n_ctx, n_vocab, n_chunk (20 bytes), the n_chunk × ctx tokens (int32), then for
   every chunk ctx − 1 − ctx/2 rows of nv uint16 with nv = 2·⌈n_vocab/2⌉ + 4;
 - package: hard links cost nothing; a build over ``package.split_max_mb`` is written again as parts;
+- auto builds: their size by objective (``auto_bytes``), the probes' calibration logits (the
+  evaluation's window at most), and one Q8_0-sized temporary quant of a sensitivity job;
 - small files (JSON, texts, logs, checksums): 1 MiB.
 
 Only what does not exist yet counts: a rerun after a finished run needs nothing new. Fallback
@@ -170,6 +172,16 @@ def check_logits_file(path: Path) -> None:
                         f"{expected}; expected the complete file")
 
 
+def auto_bytes(shape: Shape, build: Any) -> int:
+    """An auto build's size: its stock build's for a bytes_of budget, the weights at target_bpw, and
+    at most the Q8_0 file for a KLD target (the menu's usual top)."""
+    (key, value), = build.auto["objective"].items()
+    if key == "target_bpw":
+        weights = sum(t.n_elements for t in shape.tensors)
+        return math.ceil(weights * value / 8) + shape.metadata_bytes + META_EXTRA + 32 * len(shape.tensors)
+    return build_bytes(shape, value if key == "bytes_of" else "Q8_0", {})
+
+
 def imatrix_bytes(shape: Shape) -> int:
     return sum(8 * t.row for t in shape.tensors if t.matrix) + META_EXTRA
 
@@ -206,9 +218,13 @@ def predict(model: Any, reference_type: str, evaluation: dict, package: dict, ba
     need.files[f"results/{name}/validate/{name}-reference.logits"] = logits_bytes(
         shape.n_vocab, evaluation["chunks"], evaluation["ctx"])
     split_limit = package.get("split_max_mb", 0) * 1_000_000
+    if model.auto_menu:  # auto builds: the probes' logits, and one temporary quant per sensitivity job
+        need.files[f"results/{name}/auto/calibration.logits"] = logits_bytes(
+            shape.n_vocab, evaluation["chunks"], evaluation["ctx"])
+        need.files[f"results/{name}/auto/sensitivity#temporary quant"] = build_bytes(shape, "Q8_0", {})
     for build_name in model.quants:
         build = model.builds[build_name]
-        size = build_bytes(shape, build.type, build.options)
+        size = auto_bytes(shape, build) if build.auto else build_bytes(shape, build.type, build.options)
         need.files[f"results/{name}/quant/{name}-{build_name}.gguf"] = size
         if split_limit and size > split_limit:
             need.files[f"results/package/{name}/SHA256SUMS#split {build_name}"] = size
