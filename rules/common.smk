@@ -10,7 +10,7 @@ import sys
 from snakemake.common import overwrite_function_params
 from snakemake.exceptions import IncompleteCheckpointException, WorkflowError
 
-from workflow_scripts import fallback
+from workflow_scripts import calibration, fallback
 from workflow_scripts.config import build_plan
 from workflow_scripts.disk_plan import prediction_json
 from workflow_scripts.errors import UserError
@@ -207,14 +207,8 @@ def quantize_build(wildcards):
 
 
 def probe_window(model):
-    """Context and chunks of the probes' KL divergence on the calibration text: the evaluation's
-    (a probe then costs what a build's validation does), within what the calibration text holds.
-    """
-    cal = MODELS[model].calibration
-    ctx = min(PLAN.evaluation["ctx"], cal["ctx"])
-    return ctx, max(
-        1, min(PLAN.evaluation["chunks"], cal["chunks"] * cal["ctx"] // ctx)
-    )
+    """Context and chunks of the probes on the calibration text (workflow_scripts.calibration)."""
+    return calibration.probe_window(MODELS[model].calibration, PLAN.evaluation)
 
 
 @per_job

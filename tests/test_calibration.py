@@ -80,3 +80,13 @@ def test_a_damaged_store_only_means_reading_again(tmp_path):
     (tmp_path / "t.txt").write_text("x" * 2000)
     assert TextFacts(store).scan(tmp_path / "t.txt") == TextScan(2000)
     assert json.loads(store.read_text())["version"] == calibration.FACTS_VERSION
+
+
+def test_the_probe_window_is_half_the_evaluation_within_the_calibration_text():
+    from workflow_scripts.calibration import probe_window
+
+    assert probe_window({"chunks": 20, "ctx": 512}, {"chunks": 10, "ctx": 512}) == (512, 5)
+    assert probe_window({"chunks": 20, "ctx": 512}, {"chunks": 7, "ctx": 256}) == (256, 4)
+    # a short calibration text bounds it: ctx falls to its 128, and its 4 × 128 tokens hold 4 chunks
+    assert probe_window({"chunks": 4, "ctx": 128}, {"chunks": 20, "ctx": 512}) == (128, 4)
+    assert probe_window({"chunks": 1, "ctx": 64}, {"chunks": 1, "ctx": 512}) == (64, 1)

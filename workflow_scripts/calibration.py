@@ -47,6 +47,15 @@ class _NotUtf8(Exception):
     """The byte at offset ``args[0]`` is not UTF-8."""
 
 
+def probe_window(calibration: dict[str, int], evaluation: dict[str, int]) -> tuple[int, int]:
+    """Context and chunks of the probes' KL divergence on the calibration text: the evaluation's
+    context and half its chunks (the demo's rises are 20 to 700 times their error at 10 chunks, so
+    half loses no probe and keeps the search near the cost of ten validations), within what the
+    calibration text holds (its chunks × ctx tokens)."""
+    ctx = min(evaluation["ctx"], calibration["ctx"])
+    return ctx, max(1, min((evaluation["chunks"] + 1) // 2, calibration["chunks"] * calibration["ctx"] // ctx))
+
+
 def _blocks(path: Path | str, limit: int | None = None) -> Iterator[str]:
     """The file decoded as UTF-8 a block at a time (its first ``limit`` bytes, a character cut
     there left out); raises _NotUtf8 at the first byte that is not UTF-8."""

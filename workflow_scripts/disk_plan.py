@@ -22,8 +22,8 @@ Predicted files, per model (``predict``):
   ``"_logits_"``, n_ctx, n_vocab, n_chunk (20 bytes), the n_chunk × ctx tokens (int32), then for
   every chunk ctx − 1 − ctx/2 rows of nv uint16 with nv = 2·⌈n_vocab/2⌉ + 4;
 - package: hard links cost nothing; a build over ``package.split_max_mb`` is written again as parts;
-- auto builds: their size by objective (``auto_bytes``), the probes' calibration logits (the
-  evaluation's window at most), and one Q8_0-sized temporary quant of a sensitivity job;
+- auto builds: their size by objective (``auto_bytes``), the probes' calibration logits
+  (``calibration.probe_window``), and one Q8_0-sized temporary quant of a sensitivity job;
 - small files (JSON, texts, logs, checksums): 1 MiB.
 
 Only what does not exist yet counts: a rerun after a finished run needs nothing new. Fallback
@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from workflow_scripts.calibration import probe_window
 from workflow_scripts.errors import UserError
 
 MIB = 1 << 20
@@ -219,8 +220,8 @@ def predict(model: Any, reference_type: str, evaluation: dict, package: dict, ba
         shape.n_vocab, evaluation["chunks"], evaluation["ctx"])
     split_limit = package.get("split_max_mb", 0) * 1_000_000
     if model.auto_menu:  # auto builds: the probes' logits, and one temporary quant per sensitivity job
-        need.files[f"results/{name}/auto/calibration.logits"] = logits_bytes(
-            shape.n_vocab, evaluation["chunks"], evaluation["ctx"])
+        ctx, chunks = probe_window(model.calibration, evaluation)
+        need.files[f"results/{name}/auto/calibration.logits"] = logits_bytes(shape.n_vocab, chunks, ctx)
         need.files[f"results/{name}/auto/sensitivity#temporary quant"] = build_bytes(shape, "Q8_0", {})
     for build_name in model.quants:
         build = model.builds[build_name]

@@ -53,6 +53,7 @@ from workflow_scripts.validate import measure_quant
 PROBE_FTYPE = "Q8_0"  # a probe's file type: every tensor is named in its tensor-type file anyway
 
 
+
 def tensor_type_lines(types: dict[str, str]) -> str:
     """A --tensor-type-file that gives each named tensor its type: one ``PATTERN=type`` per line,
     PATTERN the name anchored and escaped (``^blk\\.0\\.attn_q\\.weight$``), so that it matches that
