@@ -44,7 +44,7 @@ from typing import Any, Iterable, NamedTuple
 from workflow_scripts.atomic import atomic_write_text
 from workflow_scripts.errors import UserError, run_cli
 from workflow_scripts.quant_types import bits_per_weight
-from workflow_scripts.sensitivity import tensor_type_lines
+from workflow_scripts.sensitivity import tensor_options, tensor_type_lines
 from workflow_scripts.tensor_error import role
 
 # A group whose rise cannot be told from noise gets this fraction of the smallest measured alpha.
@@ -78,29 +78,12 @@ class Allocation:
 
 # ---------------------------------------------------------------- records
 
-def _types_by_tensor(records: list[dict[str, Any]]) -> dict[str, dict[str, tuple[int, float]]]:
-    """tensor -> actual type -> (n_bytes, wse), over all records. Two records that gave a tensor the
-    same actual type (Q4_K's fallback Q5_0 and Q5_0 itself) must agree on its bytes; their wse is
-    averaged (the same quantization with the same imatrix: equal up to rounding)."""
-    seen: dict[str, dict[str, list]] = {}
-    for record in records:
-        for name, entry in record["tensors"].items():
-            found = seen.setdefault(name, {}).setdefault(entry["type"], [entry["n_bytes"], [], record["menu_type"]])
-            if found[0] != entry["n_bytes"]:
-                raise UserError(f"sensitivity records of {found[2]} and {record['menu_type']} disagree on the bytes of "
-                                f"{name} as {entry['type']} ({found[0]} and {entry['n_bytes']}); expected records "
-                                "of one reference and one llama.cpp")
-            found[1].append(float(entry["wse"]))
-    return {name: {t: (nb, sum(w) / len(w)) for t, (nb, w, _) in types.items()} for name, types in seen.items()}
-
-
 def check_inputs(records: dict[str, dict[str, Any]], probes_name: str, probes: dict[str, Any],
                  reference_name: str, reference_tensors: dict[str, int]) -> None:
     """Refuse records and probes that do not belong together: every record (keyed by its file name)
     names the same tensors, each a tensor of the reference with the same element count; the probes'
     tensors are the records' and their types are among the records' types for each."""
     required = {"type", "n_bytes", "n_elements", "wse"}
-    names = None
     for source, record in records.items():
         if not isinstance(record.get("tensors"), dict) or "menu_type" not in record:
             raise UserError(f"{source}: expected a sensitivity record with 'menu_type' and 'tensors'")
@@ -117,15 +100,8 @@ def check_inputs(records: dict[str, dict[str, Any]], probes_name: str, probes: d
             if entry["n_elements"] != reference_tensors[name]:
                 raise UserError(f"{source}: tensor {name} has {entry['n_elements']} elements, the reference "
                                 f"{reference_name} {reference_tensors[name]}; expected records measured on this reference")
-        if names is None:
-            names, first = set(record["tensors"]), source
-        elif set(record["tensors"]) != names:
-            odd = sorted(names ^ set(record["tensors"]))
-            raise UserError(f"{source} and {first} name different tensors ({len(odd)} differ, e.g. {odd[0]}); "
-                            "expected sensitivity records of one reference")
-    if names is None:
-        raise UserError("no sensitivity records given; expected one per menu type")
-    types = _types_by_tensor(list(records.values()))
+    types = tensor_options(records)  # refuses records of different tensors
+    names = set(types)
     probe_list = [("base", probes.get("base"))] + [(f"groups.{g}", p) for g, p in probes.get("groups", {}).items()]
     for where, probe in probe_list:
         if not isinstance(probe, dict) or not {"tensors", "kld_mean", "kld_mean_error"} <= set(probe):
@@ -150,7 +126,7 @@ def check_inputs(records: dict[str, dict[str, Any]], probes_name: str, probes: d
 def calibrate(records: list[dict[str, Any]], probes: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Per probed group: the measured KLD rise over base, its noise, the proxy rise, alpha, and
     whether alpha is the floor (see the module's docstring)."""
-    table = _types_by_tensor(records)
+    table = tensor_options({r["menu_type"]: r for r in records})
     base = probes["base"]
     found = {}
     for group, probe in probes["groups"].items():
@@ -210,7 +186,7 @@ def options(records: list[dict[str, Any]], probes: dict[str, Any], alphas: dict[
     Q5_1 also where it is Q5_K's row fallback)."""
     base_types = probes["base"]["tensors"]
     found = {}
-    for name, types in _types_by_tensor(records).items():
+    for name, types in tensor_options({r["menu_type"]: r for r in records}).items():
         group = role(name)
         kept = {t: v for t, v in types.items() if t not in (exclude or {}).get(name, ())}
         if not kept:

@@ -166,23 +166,31 @@ def measure(stamp: Path, reference: Path, imatrix: Path, menu_type: str, threads
     return record
 
 
-def tensor_options(records: dict[Path, dict]) -> dict[str, dict[str, tuple[int, float]]]:
-    """Per tensor, (bytes, weighted error) of each distinct type the measure records give it;
-    UserError unless every record covers the same tensors (records of one reference)."""
+def tensor_options(records: dict[Any, dict]) -> dict[str, dict[str, tuple[int, float]]]:
+    """Per tensor, (bytes, weighted error) of each distinct actual type the measure records (keyed
+    by a name for messages) give it. Two records that gave a tensor the same actual type (Q4_K's
+    fallback Q5_0 and Q5_0 itself) must agree on its bytes; their errors are averaged (the same
+    quantization with the same imatrix: equal up to rounding). UserError unless every record
+    covers the same tensors (records of one reference)."""
     names, first = None, None
-    options: dict[str, dict[str, tuple[int, float]]] = defaultdict(dict)
-    for path, record in records.items():
+    seen: dict[str, dict[str, tuple[int, list[float], Any]]] = defaultdict(dict)
+    for key, record in records.items():
         if names is None:
-            names, first = set(record["tensors"]), path
+            names, first = set(record["tensors"]), key
         elif set(record["tensors"]) != names:
             odd = sorted(names.symmetric_difference(record["tensors"]))
-            raise UserError(f"{path}: its tensors differ from those of {first} ({', '.join(odd[:5])}); expected "
+            raise UserError(f"{key}: its tensors differ from those of {first} ({', '.join(odd[:5])}); expected "
                             "sensitivity records of one reference and imatrix")
         for name, tensor in record["tensors"].items():
-            options[name][tensor["type"]] = (tensor["n_bytes"], tensor["wse"])
-    if not options:
+            n_bytes, errors, by = seen[name].setdefault(tensor["type"], (tensor["n_bytes"], [], key))
+            if n_bytes != tensor["n_bytes"]:
+                raise UserError(f"sensitivity records {by} and {key} disagree on the bytes of {name} as "
+                                f"{tensor['type']} ({n_bytes} and {tensor['n_bytes']}); expected records of one "
+                                "reference and one llama.cpp")
+            errors.append(float(tensor["wse"]))
+    if not seen:
         raise UserError("no sensitivity records with tensors; expected at least one --sensitivity record")
-    return dict(options)
+    return {name: {t: (nb, sum(w) / len(w)) for t, (nb, w, _) in types.items()} for name, types in seen.items()}
 
 
 def probe_plan(options: dict[str, dict[str, tuple[int, float]]]) -> dict[str, dict[str, str]]:
