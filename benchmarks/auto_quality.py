@@ -4,11 +4,16 @@ Runs the workflow up to the validation report on one model with the stock types 
 (Q3_K_M, Q4_0, IQ4_XS, Q4_K_S, Q4_K_M), a bartowski-style ``_L`` variant (Q4_K_M with Q8_0
 embeddings and output), the default fallback remedy as a build of its own (Q4_K_M with the fixed
 list of sensitive tensors raised), and three auto builds within the bytes of Q4_K_M, IQ4_XS and
-Q3_K_M. Fallback is off, so every build is measured and none replaced. Prints, for each auto build,
-the stock type of the same size and every build within ±20 % of it: size, bits per weight, mean and
-p99 KLD, same top token, ΔPPL, and the KLD difference paired over the same evaluation chunks with
-its standard error; then the search's cost against the cost of validating one stock quant, and
-the types each auto build chose. A measurement, not a gate: it exits 0 unless something crashed.
+Q3_K_M. Prints, for each auto build, the stock type of the same size and every build within ±20 % of
+it: size, bits per weight, mean and p99 KLD, same top token, ΔPPL, and the KLD difference paired
+over the same evaluation chunks with its standard error; then the search's cost against the cost of
+validating one stock quant, and the types each auto build chose.
+
+The fallback, data-driven against fixed: every gate is set so that no build passes, so each stock
+build is followed by the measured remedy (its tensors raised by measured sensitivity within 10 %
+more bytes), and the fixed remedy of the default config is a variant of each of Q4_K_M, IQ4_XS and
+Q3_K_M; the second table sets both against the failed build, paired on the same tokens. A
+measurement, not a gate: it exits 0 unless something crashed.
 
     .venv/bin/python -m benchmarks.auto_quality --work /tmp/auto-demo
     .venv/bin/python -m benchmarks.auto_quality --work /tmp/auto-gemma --gemma   # needs the Gemma packages
@@ -35,17 +40,20 @@ AUTOS = {"auto-4km": "Q4_K_M", "auto-iq4xs": "IQ4_XS", "auto-3km": "Q3_K_M"}
 STOCK = ["Q3_K_M", "Q4_0", "IQ4_XS", "Q4_K_S", "Q4_K_M"]
 VARIANTS = {
     "Q4_K_L": {"type": "Q4_K_M", "output_tensor_type": "Q8_0", "token_embedding_type": "Q8_0"},
-    # the default fallback remedy ("sensitive") as a build: the fixed list of tensors raised
-    "Q4_K_M_fixed": {"type": "Q4_K_M", "tensor_types": {"attn_v": "Q8_0", "ffn_down": "Q6_K"},
-                     "output_tensor_type": "Q8_0", "token_embedding_type": "Q8_0"},
+    # the fixed fallback remedy ("sensitive") as a build of its own: its list of tensors raised
+    **{f"{of}_fixed": {"type": of, "tensor_types": {"attn_v": "Q8_0", "ffn_down": "Q6_K"},
+                       "output_tensor_type": "Q8_0", "token_embedding_type": "Q8_0"} for of in AUTOS.values()},
     **{name: {"type": of, "auto": {"bytes_of": of}} for name, of in AUTOS.items()},
 }
+MEASURED = {"name": "measured", "measured": {"allowance_pct": 10}}
 SEARCH_STAGES = ("sensitivity", "calibration_logits", "auto_recipe")
 VALIDATION_STAGES = ("quantize", "validate", "sanity_quant", "tensor_error")
 
 
 def config(gemma: Path | None) -> dict:
-    cfg = {"quants": [*STOCK, *VARIANTS], "variants": VARIANTS, "fallback": {"remedies": []}}
+    never = {"max_mean_kld": 1e-9}  # no build passes: every stock build gets its measured remedy
+    cfg = {"quants": [*STOCK, *VARIANTS], "variants": VARIANTS, "fallback": {"remedies": [MEASURED]},
+           "gates": {"default": never, "per_quant": {t: never for t in {*STOCK, *AUTOS.values()}}}}
     if gemma is not None:  # the large vocabulary makes logits files large: a shorter window, as its scenario
         cfg |= {"evaluation": {"chunks": 10, "ctx": 256}, "calibration": {"text": "config/data/calibration.txt",
                                                                            "chunks": 20, "ctx": 256},
@@ -61,6 +69,26 @@ def seconds(work: Path, stage: str, model: str, builds: list[str] | None = None)
             with open(path) as handle:
                 total += float(next(csv.DictReader(handle, delimiter="\t"))["s"])
     return total
+
+
+def fallback_table(report: dict) -> None:
+    """The failed stock build, the fixed remedy and the measured one, paired on the same tokens."""
+    from workflow_scripts.compare import paired
+
+    quants = report["quants"]
+    print("\nfallback: the fixed remedy (a fixed list of tensors raised) and the measured one (raised by measured "
+          f"sensitivity within {MEASURED['measured']['allowance_pct']} % more bytes) after the failed stock build:")
+    print("| failed build | remedy | MiB | added | mean KLD | p99 KLD | same top % | ΔPPL % | ΔKLD measured − fixed ± SE "
+          "| KLD measured / fixed |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for of in AUTOS.values():
+        failed, fixed, measured = quants[of], quants[f"{of}_fixed"], quants[f"{of}-measured"]
+        pair = paired(fixed, measured)["kld"]
+        for name, r in ((of, failed), (f"{of}_fixed", fixed), (f"{of}-measured", measured)):
+            versus = (f"{pair['diff']:+.5f} ± {pair['se']:.5f} | {pair['ratio']:.3f}" if r is measured else "– | –")
+            print(f"| {of} | {name} | {r['file_bytes'] / 2**20:.2f} | {100 * (r['file_bytes'] / failed['file_bytes'] - 1):+.2f} % "
+                  f"| {r['kld_mean']:.5f} | {r['kld_p99']:.4f} | {r['same_top_pct']:.2f} | {r['delta_ppl_pct']:+.2f} | "
+                  f"{versus} |")
 
 
 def main() -> None:
@@ -91,7 +119,7 @@ def main() -> None:
         sys.exit(f"snakemake failed; see {ns.work / 'snakemake.log'}")
     print(f"workflow: {time.perf_counter() - started:.0f} s\n")
     report = json.loads((ns.work / target).read_text())
-    rows = report["auto_comparison"]
+    rows = [r for r in report["auto_comparison"] if r["auto"] in AUTOS]  # the measured remedies: their own table
     print("| auto build | build | MiB | size vs auto | bpw | mean KLD | p99 KLD | same top % | ΔPPL % | "
           "ΔKLD auto − build ± SE | KLD auto / build |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
@@ -116,6 +144,7 @@ def main() -> None:
     print(f"\nsearch cost: {total:.0f} s (" + ", ".join(f"{k} {v:.0f} s" for k, v in search.items())
           + f") = {total / validation:.1f} × validating one stock quant ({validation:.0f} s: quantize, KLD, sanity, "
           "tensor error)")
+    fallback_table(report)
     for auto in AUTOS:
         recipe = json.loads((ns.work / "results" / model / "auto" / f"{auto}.recipe.json").read_text())
         measured = report["quants"][auto]["kld_mean"]

@@ -218,27 +218,54 @@ def sensitivity_records(wildcards):
     return [f"results/{m}/auto/sensitivity/{t}.json" for t in MODELS[m].auto_menu]
 
 
+def previous_types_path(model, build):
+    """Where the tensor types of the build a remedy follows are: the requested quant's census, or the
+    plan of the remedy before it (the same types whether that remedy was built or skipped).
+    """
+    before = fallback.previous(MODELS[model].remedies, build)
+    if before in MODELS[model].quants:
+        return f"results/{model}/quant/{model}-{before}.census.json"
+    return remedy_plan_path(model, before)
+
+
+def remedy_plan_path(model, build):
+    return f"results/{model}/quant/{model}-{build}.plan.json"
+
+
+@per_job
+def remedy_plan_inputs(wildcards):
+    return {"previous": previous_types_path(wildcards.model, wildcards.build)}
+
+
 @per_job
 def auto_recipe_inputs(wildcards):
     """The sensitivity records (the probes were planned from them all), and the census of the stock
-    build whose size is the budget."""
+    build whose size is the budget, or the types of the build a measured remedy raises from.
+    """
     m, auto = wildcards.model, MODELS[wildcards.model].builds[wildcards.build].auto
     inputs = {"records": sensitivity_records(wildcards)}
     if "bytes_of" in auto["objective"]:
         inputs["census"] = (
             f"results/{m}/quant/{m}-{auto['objective']['bytes_of']}.census.json"
         )
+    if "raise_from" in auto["objective"]:
+        inputs["census"] = previous_types_path(m, wildcards.build)
     return inputs
 
 
 @per_job
 def auto_objective(wildcards):
-    """auto_recipe's objective option: the stock build's census, a bits-per-weight budget, or a KLD target."""
-    auto = MODELS[wildcards.model].builds[wildcards.build].auto
+    """auto_recipe's objective option: the stock build's census, a bits-per-weight budget, a KLD
+    target, or the build a measured remedy raises from with its allowance."""
+    m, auto = wildcards.model, MODELS[wildcards.model].builds[wildcards.build].auto
     ((key, value),) = auto["objective"].items()
     if key == "bytes_of":
-        m = wildcards.model
         return f"--bytes-of-census results/{m}/quant/{m}-{value}.census.json"
+    if key == "raise_from":
+        return (
+            f"--raise-from {previous_types_path(m, wildcards.build)} --build-before {value}"
+            f" --allowance-pct {auto['allowance_pct']}"
+        )
     return f"--{key.replace('_', '-')} {value}"
 
 
@@ -294,10 +321,11 @@ def model_coverage(wildcards):
 def fallback_chain(model):
     """The fallback chain of a model's quants as far as the verdicts made so far tell (see
     workflow_scripts/fallback.py): the builds tried per quant, what ships, and the verdicts still
-    to be made. Verdicts are a checkpoint: Snakemake re-evaluates the callers once they exist, and
-    every chain is followed as far as it is known, so the verdicts of all quants are asked at once.
+    to be made. Verdicts and remedy plans are checkpoints: Snakemake re-evaluates the callers once
+    they exist, and every chain is followed as far as it is known, so the verdicts of all quants are
+    asked at once.
     """
-    plan, pending, known = MODELS[model], [], {}
+    plan, pending, known, changed = MODELS[model], [], {}, {}
 
     def verdict_of(build):
         """Each build's verdict looked up once: the chain and what ships ask for the same ones."""
@@ -312,9 +340,22 @@ def fallback_chain(model):
                 known[build] = json.load(handle)["verdict"]
         return known[build]
 
-    tried = fallback.tries(plan.remedies, verdict_of)
-    ships = fallback.ships(tried, verdict_of)
-    return tried, ships, pending
+    def changed_of(build):
+        """Whether a remedy changes a tensor's type (its plan), looked up once."""
+        if build not in changed:
+            try:
+                path = checkpoints.remedy_plan.get(model=model, build=build).output[0]
+            except IncompleteCheckpointException as missing:
+                pending.append(missing)
+                changed[build] = None
+                return None
+            with open(path) as handle:
+                changed[build] = not json.load(handle)["unchanged"]
+        return changed[build]
+
+    chains = fallback.tries(plan.remedies, verdict_of, changed_of)
+    ships = fallback.ships(chains.tried, verdict_of, chains.waiting)
+    return chains, ships, pending
 
 
 def _with_pending(paths, pending):
@@ -326,20 +367,20 @@ def _with_pending(paths, pending):
 def model_quants(wildcards):
     """Every GGUF built for the model, fallback builds included."""
     m = wildcards.model
-    tried, _, pending = fallback_chain(m)
+    chains, _, pending = fallback_chain(m)
     return _with_pending(
-        [quant_path(m, b) for builds in tried.values() for b in builds], pending
+        [quant_path(m, b) for builds in chains.tried.values() for b in builds], pending
     )
 
 
 @per_job
 def model_verdicts(wildcards):
     m = wildcards.model
-    tried, _, pending = fallback_chain(m)
+    chains, _, pending = fallback_chain(m)
     waiting = {str(missing.targetfile) for missing in pending}
     paths = [
         f"results/{m}/validate/{b}.verdict.json"
-        for builds in tried.values()
+        for builds in chains.tried.values()
         for b in builds
     ]
     return _with_pending([p for p in paths if p not in waiting], pending)
@@ -374,10 +415,11 @@ def speed_tier(wildcards):
 
 @per_job
 def attempts_json(wildcards):
-    tried, _, pending = fallback_chain(wildcards.model)
+    """The builds tried per requested quant, and the remedies skipped as changing nothing."""
+    chains, _, pending = fallback_chain(wildcards.model)
     if pending:
         raise pending[0]
-    return json.dumps(tried)
+    return json.dumps({"tried": chains.tried, "skipped": chains.skipped})
 
 
 @per_job
@@ -469,8 +511,8 @@ def model_auto_recipes(wildcards):
     m = wildcards.model
     return [
         path
-        for b, build in MODELS[m].builds.items()
-        if build.auto
+        for b in MODELS[m].quants
+        if MODELS[m].builds[b].auto
         for path in (f"results/{m}/auto/{b}.recipe.json", tensor_types_path(m, b))
     ]
 

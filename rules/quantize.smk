@@ -46,3 +46,23 @@ rule sha256sums:
         "results/benchmarks/sha256sums/{model}.tsv"
     shell:
         "python -m workflow_scripts.checksums {input.gguf} {input.imatrix} {input.quants} --out {output} > {log} 2>&1"
+
+
+# A checkpoint: a remedy whose planned tensor types are those of the build before it is never
+# built (see fallback_chain()). llama-quantize --dry-run with the remedy's own arguments.
+checkpoint remedy_plan:
+    input:
+        unpack(remedy_plan_inputs),
+        gguf=REFERENCE_GGUF,
+        stamp=STAMP,
+        imatrix=build_imatrix,
+        tensor_types=build_tensor_types,
+    output:
+        "results/{model}/quant/{model}-{build}.plan.json",
+    log:
+        "results/logs/remedy_plan/{model}-{build}.log",
+    params:
+        build=quantize_build,
+    shell:
+        "python -m workflow_scripts.remedy_plan --stamp {input.stamp} --build-json {params.build:q}"
+        " --name {wildcards.build} --previous {input.previous} --log {log} --out {output}"

@@ -354,3 +354,52 @@ def test_cli_refuses_records_of_another_reference(tmp_path):
     (tmp_path / "probes" / "probes.json").write_text(json.dumps(bad))
     with pytest.raises(UserError, match="groups.attn_q names tensor blk.9.attn_q.weight"):
         main([*args, "--target-bpw", "5"])
+
+
+def test_a_measured_remedy_raises_from_the_build_before_within_its_allowance(tmp_path, capsys):
+    """Start Q4_K / Q5_0 / Q6_K (11,778 bytes). +10 %: 12,955 bytes; ffn_down's step to Q8_0 (+2,304,
+    the steepest) does not fit, attn_q's to Q6_K (+1,056) does; token_embd's to Q8_0 (+1,550) not.
+    +20 %: 14,133: ffn_down's step fits, and then nothing else."""
+    args = write_inputs(tmp_path)
+    before = tmp_path / "before.census.json"
+    before.write_text(json.dumps({"tensor_types": {Q: "Q4_K", D: "Q5_0", E: "Q6_K", "output_norm.weight": "F32"}}))
+    raised = [*args, "--raise-from", str(before), "--build-before", "Q4_K_M", "--allowance-pct"]
+    main([*raised, "10"])
+    recipe = json.loads((tmp_path / "r.json").read_text())
+    assert {n: t["type"] for n, t in recipe["tensors"].items()} == {Q: "Q6_K", D: "Q5_0", E: "Q6_K"}
+    assert recipe["objective"] == {"raise_from": "Q4_K_M"} and recipe["allowance_pct"] == 10
+    assert (recipe["start_bytes"], recipe["budget_bytes"], recipe["n_bytes"]) == (11778, 12955, 12834)
+    assert recipe["start_predicted_kld_mean"] == pytest.approx(0.010 + 0.02 + 0.04 + 0.0002)
+    assert recipe["predicted_kld_mean"] == pytest.approx(0.010 + 0.004 + 0.04 + 0.0002)
+    assert recipe["moved"] == {"up": [Q], "down": []} and recipe["unmeasured"] == []
+    main([*raised, "20"])
+    recipe = json.loads((tmp_path / "r.json").read_text())
+    assert {n: t["type"] for n, t in recipe["tensors"].items()} == {Q: "Q4_K", D: "Q8_0", E: "Q6_K"}
+    assert recipe["n_bytes"] == 14082 and recipe["moved"]["up"] == [D]
+
+    # never lowered, even where the budget would buy more elsewhere: a tensor already at Q8_0 stays
+    before.write_text(json.dumps({"tensor_types": {Q: "Q4_K", D: "Q8_0", E: "Q6_K"}}))
+    main([*raised, "10"])
+    assert json.loads((tmp_path / "r.json").read_text())["tensors"][D]["type"] == "Q8_0"
+    # a starting type no record measured (Q5_K: 5.5 bits, 4,400 bytes) is kept as it is
+    before.write_text(json.dumps({"tensor_types": {Q: "Q4_K", D: "Q5_0", E: "Q5_K"}}))
+    main([*raised, "10"])
+    recipe = json.loads((tmp_path / "r.json").read_text())
+    assert recipe["tensors"][E] == {"type": "Q5_K", "n_bytes": 4400, "cost": 0.0} and recipe["unmeasured"] == [E]
+    assert recipe["start_bytes"] == 2304 + 4224 + 4400
+
+    # a starting type that reproduces the reference stays the tensor's start (it is no target elsewhere)
+    exact = records()
+    exact[1]["tensors"][E]["se"] = 1e-6
+    args_exact = write_inputs(tmp_path / "exact", exact)
+    (tmp_path / "exact" / "before.json").write_text(json.dumps({"tensor_types": {Q: "Q4_K", D: "Q5_0", E: "Q6_K"}}))
+    main([*args_exact, "--raise-from", str(tmp_path / "exact" / "before.json"), "--build-before", "Q4_K_M",
+          "--allowance-pct", "10"])
+    assert json.loads((tmp_path / "exact" / "r.json").read_text())["tensors"][E]["type"] == "Q6_K"
+
+    before.write_text(json.dumps({"tensor_types": {Q: "Q4_K", D: "Q5_0"}}))
+    with pytest.raises(UserError, match="tensor token_embd.weight: the build before it has no such tensor"):
+        main([*raised, "10"])
+    with pytest.raises(SystemExit):
+        main([*args, "--raise-from", str(before), "--allowance-pct", "10"])  # --build-before missing
+    capsys.readouterr()

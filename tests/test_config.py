@@ -79,6 +79,46 @@ def test_remedies_only_raise_types_and_accumulate(base):
     assert build_plan(base, "c.yaml").models["a"].remedies["Q4_K_M"] == ()
 
 
+def test_a_measured_remedy_raises_from_the_build_before_it_within_its_allowance(base):
+    base["fallback"] = {"remedies": [{"name": "sensitive", "tensor_types": {"attn_v": "Q8_0"}},
+                                     {"name": "measured", "measured": {"allowance_pct": 15}}]}
+    base["variants"] = {"Q4_K_M_static": {"type": "Q4_K_M", "imatrix": False}}
+    base["models"][1]["quants"] = ["Q8_0", "Q4_K_M", "Q4_K_M_static"]
+    plan = build_plan(base, "c.yaml").models["b"]
+    # Q8_0: the fixed remedy raises nothing, and no menu type is above Q8_0
+    assert plan.remedies["Q8_0"] == ()
+    assert plan.remedies["Q4_K_M"] == ("Q4_K_M-sensitive", "Q4_K_M-measured")
+    measured = plan.builds["Q4_K_M-measured"]
+    assert measured.auto["objective"] == {"raise_from": "Q4_K_M-sensitive"} and measured.auto["allowance_pct"] == 15
+    assert measured.auto["menu"] == ["Q3_K", "IQ4_XS", "Q4_K", "Q5_K", "Q6_K", "Q8_0", "Q4_0", "IQ4_NL", "Q5_0", "Q5_1"]
+    assert measured.auto["setting"] == "fallback.remedies[1].measured"
+    # every tensor's type comes from its file; none of the fixed remedy's settings compete with it
+    assert measured.quantize_argv("ref.gguf", "im.gguf", "t.txt") == [
+        "--tensor-type-file", "t.txt", "--imatrix", "im.gguf", "ref.gguf", "{out}", "Q4_K_M"]
+    # a static build's errors are not the imatrix quantization's the measurements are of
+    assert plan.remedies["Q4_K_M_static"] == ("Q4_K_M_static-sensitive",)
+    assert plan.auto_menu == ("IQ4_NL", "IQ4_XS", "Q3_K", "Q4_0", "Q4_K", "Q5_0", "Q5_1", "Q5_K", "Q6_K", "Q8_0")
+
+
+@pytest.mark.parametrize("remedies,variants,expected", [
+    ([{"name": "m", "measured": {}, "tensor_types": {"attn_v": "Q8_0"}}], {},
+     "fallback.remedies[0]: tensor_types cannot be combined with measured"),
+    ([{"name": "m", "measured": {}}, {"name": "s", "token_embedding_type": "Q8_0"}], {},
+     "fallback.remedies[1]: a fixed remedy after the measured fallback.remedies[0]; expected fixed remedies first"),
+    ([{"name": "m", "measured": {"allowance_pct": 0}}], {},
+     "fallback.remedies[0].measured.allowance_pct: 0 is less than or equal to the minimum of 0"),
+    ([{"name": "m", "measured": {"menu": ["Q4_K", "Q8_0"]}}], {"a": {"type": "Q4_K_M", "auto": {"target_bpw": 5}}},
+     "variants.a.auto.menu: differs from fallback.remedies[0].measured.menu"),
+])
+def test_bad_measured_remedies_are_refused(base, remedies, variants, expected):
+    base["fallback"] = {"remedies": remedies}
+    base["variants"] = variants
+    base["models"][1]["quants"] = ["Q4_K_M", *variants]
+    with pytest.raises(UserError) as err:
+        build_plan(base, "c.yaml")
+    assert expected in str(err.value)
+
+
 def test_an_auto_variant_is_a_build_whose_types_come_at_run_time(base):
     base["variants"] = {"Q4_auto": {"type": "Q4_K_M", "auto": {"bytes_of": "Q4_K_M"}},
                         "small": {"type": "Q3_K_M", "auto": {"target_bpw": 3.9}}}
@@ -86,11 +126,11 @@ def test_an_auto_variant_is_a_build_whose_types_come_at_run_time(base):
     plan = build_plan(base, "c.yaml").models["b"]
     auto = plan.builds["Q4_auto"]
     assert (auto.type, auto.imatrix, auto.recipe) == ("Q4_K_M", True, ())
-    assert auto.auto == {"objective": {"bytes_of": "Q4_K_M"}, "source_types": [],
+    assert auto.auto == {"objective": {"bytes_of": "Q4_K_M"}, "source_types": [], "setting": "variants.Q4_auto.auto",
                          "menu": ["Q3_K", "IQ4_XS", "Q4_K", "Q5_K", "Q6_K", "Q8_0", "Q4_0", "IQ4_NL", "Q5_0", "Q5_1"]}
     assert auto.quantize_argv("ref.gguf", "im.gguf", "t.txt") == [
         "--tensor-type-file", "t.txt", "--imatrix", "im.gguf", "ref.gguf", "{out}", "Q4_K_M"]
-    assert plan.remedies["Q4_auto"] == () and plan.remedies["Q4_K_M"] == ("Q4_K_M-sensitive",)
+    assert plan.remedies["Q4_auto"] == () and plan.remedies["Q4_K_M"] == ("Q4_K_M-measured",)
     assert plan.auto_menu == ("IQ4_NL", "IQ4_XS", "Q3_K", "Q4_0", "Q4_K", "Q5_0", "Q5_1", "Q5_K", "Q6_K", "Q8_0")
     assert plan.builds["small"].auto["objective"] == {"target_bpw": 3.9}
 

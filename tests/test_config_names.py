@@ -70,11 +70,11 @@ REFUSED = [
     ({"quants": ["Q8_0", "q8_0"], "variants": {"q8_0": {"type": "Q8_0"}}},
      "quants[1]: 'q8_0' is already used by quants[0] as 'Q8_0' (names that differ only in case"),
     # a variant named like a fallback try, before or after the quant it is the try of
-    ({"quants": ["Q4_K_M", "Q4_K_M-sensitive"], "variants": {"Q4_K_M-sensitive": {"type": "Q4_K_M"}}},
-     "quants[1]: 'Q4_K_M-sensitive' is already used by fallback.remedies[0].name; expected build names unique per "
+    ({"quants": ["Q4_K_M", "Q4_K_M-measured"], "variants": {"Q4_K_M-measured": {"type": "Q4_K_M"}}},
+     "quants[1]: 'Q4_K_M-measured' is already used by fallback.remedies[0].name; expected build names unique per "
      "model (quant types, variants, fallback tries {quant}-{remedy})"),
-    ({"models": [model(quants=["Q4_K_M-sensitive", "Q4_K_M"])], "variants": {"Q4_K_M-sensitive": {"type": "Q6_K"}}},
-     "fallback.remedies[0].name: 'Q4_K_M-sensitive' is already used by models[0].quants[0]"),
+    ({"models": [model(quants=["Q4_K_M-measured", "Q4_K_M"])], "variants": {"Q4_K_M-measured": {"type": "Q6_K"}}},
+     "fallback.remedies[0].name: 'Q4_K_M-measured' is already used by models[0].quants[0]"),
     ({"quants": ["Q4_K_M"], "fallback": {"remedies": [{"name": "a", "tensor_types": {"attn_v": "Q8_0"}},
                                                       {"name": "a", "output_tensor_type": "Q8_0"}]}},
      "fallback.remedies[1].name: 'Q4_K_M-a' is already used by fallback.remedies[0].name"),

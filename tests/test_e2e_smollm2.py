@@ -19,8 +19,8 @@ pytestmark = [pytest.mark.toolchain, pytest.mark.real_model]
 
 MODEL = "smollm2-135m"
 QUANTS = ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "IQ4_XS", "Q3_K_M")
-# The demo's IQ4_XS misses its gate and the default remedy (sensitive tensors raised) is built.
-REMEDY = "IQ4_XS-sensitive"
+# The demo's IQ4_XS misses its gate and the default remedy (tensors raised by measured sensitivity) is built.
+REMEDY = "IQ4_XS-measured"
 BASE = {"Q8_0": "Q8_0", "Q6_K": "Q6_K", "Q5_K_M": "Q5_K", "Q4_K_M": "Q4_K", "IQ4_XS": "IQ4_XS", "Q3_K_M": "Q3_K"}
 
 
@@ -159,23 +159,46 @@ def test_every_quant_is_measured_and_judged(demo):
     assert logits.stat().st_size > 100_000_000  # kept for later quants (keep_reference_logits)
 
 
-def test_a_failed_quant_is_retried_with_its_sensitive_tensors_raised(demo):
+def test_a_failed_quant_is_retried_with_its_measured_sensitive_tensors_raised(demo):
+    """The default remedy: the failing IQ4_XS is followed by IQ4_XS-measured, whose tensors keep
+    IQ4_XS's types or go up (never down) within 10 % more tensor bytes, chosen by measured
+    sensitivity on the calibration text; it passes, paired on the same evaluation tokens it is
+    clearly better, and it ships with its search recorded."""
+    from workflow_scripts.quant_types import bits_per_weight
+
     workdir, _, _ = demo
-    report = json.loads((workdir / "results" / MODEL / "validation_report.json").read_text())
+    model_dir = workdir / "results" / MODEL
+    report = json.loads((model_dir / "validation_report.json").read_text())
     first, retry = report["quants"]["IQ4_XS"], report["quants"][REMEDY]
     assert first["verdict"] == "failed" and "mean KLD" in first["reasons"][0] and not first["shipped"]
     assert report["attempts"]["IQ4_XS"] == ["IQ4_XS", REMEDY] and report["attempts"]["Q8_0"] == ["Q8_0"]
-    assert retry["build"]["type"] == "IQ4_XS" and "attn_v=Q8_0" in retry["build"]["recipe"]
-    assert retry["bits_per_weight"] > first["bits_per_weight"] and retry["kld_mean"] < first["kld_mean"]
-    census = json.loads(_quant(workdir, REMEDY).with_suffix(".census.json").read_text())
-    assert census["tensor_types"]["blk.0.attn_v.weight"] == "Q8_0" and census["tensor_types"]["token_embd.weight"] == "Q8_0"
+    assert report["skipped"] == {}
+    plan = json.loads((model_dir / "quant" / f"{MODEL}-{REMEDY}.plan.json").read_text())
+    before = json.loads(_quant(workdir, "IQ4_XS").with_suffix(".census.json").read_text())["tensor_types"]
+    after = json.loads(_quant(workdir, REMEDY).with_suffix(".census.json").read_text())["tensor_types"]
+    assert plan["types"] == after and not plan["unchanged"]
+    raised = {n for n, t in after.items() if t != before[n]}
+    assert raised == set(plan["changed"]) and len(raised) > 20
+    assert all(bits_per_weight(after[n]) > bits_per_weight(before[n]) for n in raised)
+    assert {n.split(".")[-2] for n in raised} >= {"attn_q", "attn_output"}  # which the fixed list leaves alone
+    recipe = json.loads((model_dir / "auto" / f"{REMEDY}.recipe.json").read_text())
+    n_bytes = {t.name: int(t.n_bytes) for t in __import__("gguf").GGUFReader(_quant(workdir, "IQ4_XS")).tensors}
+    assert recipe["start_bytes"] == sum(n_bytes[n] for n in recipe["tensors"]) and recipe["unmeasured"] == []
+    assert recipe["start_bytes"] < recipe["n_bytes"] <= 1.10 * recipe["start_bytes"]
+    assert retry["kld_mean"] < 0.6 * first["kld_mean"] and retry["same_top_pct"] > first["same_top_pct"]
+    row = next(r for r in report["auto_comparison"] if r["auto"] == REMEDY and r["build"] == "IQ4_XS")
+    assert row["delta_kld"] < -5 * row["delta_kld_se"] < 0  # paired on the same tokens
     assert retry["verdict"] == "passed" and report["ships"]["IQ4_XS"] == REMEDY
     # Per-tensor error against the reference: the retry lost less, and Q8_0 far less than either.
     errors = {name: report["quants"][name]["tensor_error"] for name in ("Q8_0", "IQ4_XS", REMEDY)}
     assert errors["Q8_0"]["rel_rms"] < errors[REMEDY]["rel_rms"] < errors["IQ4_XS"]["rel_rms"]
-    assert errors[REMEDY]["by_role"]["attn_v"]["max_rel_rms"] < errors["IQ4_XS"]["by_role"]["attn_v"]["max_rel_rms"]
     assert len(errors["IQ4_XS"]["worst"]) == 5
     assert report["invariants"]["kld_falls_as_bpw_rises"]["checked"] == 6
+    manifest = json.loads((workdir / "results" / "package" / MODEL / "manifest.json").read_text())
+    entry = next(e for e in manifest["files"] if e["label"] == "IQ4_XS")
+    assert entry["build"] == REMEDY and entry["auto"]["objective"] == {"raise_from": "IQ4_XS"}
+    assert entry["auto"]["tensor_types"] == {n: after[n] for n in recipe["tensors"]}
+    assert "--tensor-type-file" in entry["command"]
 
 
 def test_the_package_holds_exactly_the_builds_that_ship(demo):
@@ -202,8 +225,8 @@ def test_the_package_holds_exactly_the_builds_that_ship(demo):
     card = (package / "README.md").read_text()
     assert card.startswith("---\nbase_model: HuggingFaceTB/SmolLM2-135M-Instruct\n") and "license: apache-2.0" in card
     assert "base_model_relation: quantized" in card and "quantized_by: gguf-forge" in card
-    assert (f"| IQ4_XS | `{MODEL}-IQ4_XS.gguf` | IQ4_XS with attn_v Q8_0, ffn_down Q6_K, output Q8_0, token_embd Q8_0 "
-            f"(build {REMEDY}) |") in card and f"{MODEL}-{REMEDY}.gguf" not in card
+    assert (f"| IQ4_XS | `{MODEL}-IQ4_XS.gguf` | auto raised from IQ4_XS's types within 10 % more bytes (IQ4_XS file "
+            "type): ") in card and f"(build {REMEDY}) |" in card and f"{MODEL}-{REMEDY}.gguf" not in card
     assert f"llama-server -hf <user>/{MODEL}-GGUF:Q4_K_M" in card and f"ollama run hf.co/<user>/{MODEL}-GGUF:Q4_K_M" in card
     assert "```jinja\n{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}" in card
 
@@ -314,7 +337,7 @@ def test_static_twin_is_compared_with_the_imatrix_build(demo, tmp_path):
     subprocess.run([os.sys.executable, "-m", "workflow_scripts.validate", "report", "--model", MODEL, "--reference",
                     str(workdir / "results" / MODEL / "validate" / "reference.json"), "--sanity",
                     str(workdir / "results" / MODEL / "validate" / "reference.sanity.json"), "--verdicts", *map(str, verdicts),
-                    "--attempts-json", json.dumps(report["attempts"]), "--out", str(out)], check=True)
+                    "--attempts-json", json.dumps({"tried": report["attempts"], "skipped": report["skipped"]}), "--out", str(out)], check=True)
     violated = json.loads(out.read_text())["invariants"]["imatrix_not_worse_than_static"]
     assert violated == {"checked": 1, "violations": [
         f"Q4_K_M (imatrix) has mean KLD {imatrix['kld_mean']} > Q4_K_M_static (static, 0.001)"]}
@@ -398,3 +421,36 @@ def test_an_auto_build_chooses_each_tensors_type_within_the_stock_bytes(demo):
     rebuilt = subprocess.run([os.sys.executable, "-m", "workflow_scripts.verify_package", str(package), "--reproduce",
                               entry["file"]], cwd=workdir, capture_output=True, text=True)
     assert rebuilt.returncode == 0, rebuilt.stderr
+
+
+def test_a_remedy_that_changes_no_tensor_type_is_never_built(demo):
+    """Scenario demo-unchanged-remedy: the fixed remedy first, then the measured one. Q6_K misses its
+    gate; the fixed remedy would raise attn_v and the embeddings to Q8_0, which the demo's 576-wide
+    rows already gave them: its plan says so, it is not quantized, and the measured remedy follows
+    Q6_K instead (and fails this gate too: Q6_K ships nothing, saying why). IQ4_XS's fixed remedy
+    changes types, is built and passes; against it, the default run's measured remedy of about the
+    same size is clearly better on the same tokens."""
+    from workflow_scripts.compare import paired
+
+    workdir, _, _ = demo
+    snakemake(workdir, scenario("demo-unchanged-remedy", workdir / "unchanged-remedy"))
+    model_dir = workdir / "results" / MODEL
+    plan = json.loads((model_dir / "quant" / f"{MODEL}-Q6_K-sensitive.plan.json").read_text())
+    assert plan["unchanged"] and plan["changed"] == {}
+    assert not _quant(workdir, "Q6_K-sensitive").exists()
+    assert not (model_dir / "validate" / "Q6_K-sensitive.json").exists()
+    report = json.loads((model_dir / "validation_report.json").read_text())
+    assert report["attempts"]["Q6_K"] == ["Q6_K", "Q6_K-measured"] and report["skipped"] == {"Q6_K": ["Q6_K-sensitive"]}
+    assert report["quants"]["Q6_K-measured"]["verdict"] == "failed" and report["ships"]["Q6_K"] is None
+    assert report["attempts"]["IQ4_XS"] == ["IQ4_XS", "IQ4_XS-sensitive"] and report["ships"]["IQ4_XS"] == "IQ4_XS-sensitive"
+    package = workdir / "results" / "package" / MODEL
+    manifest = json.loads((package / "manifest.json").read_text())
+    assert next(w for w in manifest["withheld"] if w["quant"] == "Q6_K")["skipped"] == ["Q6_K-sensitive"]
+    assert ("**Q6_K** (tried Q6_K, Q6_K-measured; not built: Q6_K-sensitive, which changed no tensor's type)"
+            in (package / "README.md").read_text())
+    fixed = json.loads((model_dir / "validate" / "IQ4_XS-sensitive.verdict.json").read_text())
+    measured = json.loads((model_dir / "validate" / f"{REMEDY}.verdict.json").read_text())  # the default run's
+    assert measured["file_bytes"] <= 1.01 * fixed["file_bytes"]
+    kld = paired(fixed, measured)["kld"]
+    assert kld["ratio"] < 0.85 and kld["diff"] < -3 * kld["se"]
+    assert measured["kld_p99"] < fixed["kld_p99"] and measured["same_top_pct"] > fixed["same_top_pct"]

@@ -1,5 +1,6 @@
 """Quant-type knowledge: in step with the schema users read, and with llama.cpp's block layouts."""
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -117,8 +118,14 @@ def test_q2_0_is_refused_at_plan_time_with_the_reason(plan_config):
 
 def test_every_supported_type_plans_with_the_default_remedies(plan_config):
     plan_config["quants"] = list(supported_quant_types())
-    plan = build_plan(plan_config, "c.yaml").models["a"]
+    plan = build_plan(copy.deepcopy(plan_config), "c.yaml").models["a"]
     assert set(plan.builds) >= set(supported_quant_types())
+    # measured: nothing on the menu is above Q8_0 (MXFP4_MOE's dense tensors are Q8_0)
+    assert plan.remedies["MXFP4_MOE"] == plan.remedies["Q8_0"] == plan.remedies["F16"] == ()
+    assert plan.remedies["Q4_0"] == ("Q4_0-measured",) and plan.remedies["Q6_K"] == ("Q6_K-measured",)
+    plan_config["fallback"] = {"remedies": [{"name": "sensitive", "tensor_types": {"attn_v": "Q8_0", "ffn_down": "Q6_K"},
+                                             "output_tensor_type": "Q8_0", "token_embedding_type": "Q8_0"}]}
+    plan = build_plan(plan_config, "c.yaml").models["a"]
     assert plan.remedies["MXFP4_MOE"] == plan.remedies["Q8_0"] == plan.remedies["F16"] == ()
     assert plan.builds["Q1_0-sensitive"].recipe == plan.builds["Q4_0-sensitive"].recipe
 

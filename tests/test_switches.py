@@ -108,7 +108,7 @@ def test_without_keep_reference_logits_the_logits_go_and_the_results_stay(tiny_r
     assert not (workdir / logits).exists()
     assert job_starts(proc.stderr)["validate_quant"] == 4  # every build was measured against the new logits
     report = json.loads((workdir / "results/tiny/validation_report.json").read_text())
-    assert set(report["quants"]) == {"Q8_0", "Q4_K_M", "IQ4_XS", "IQ4_XS-sensitive"}
+    assert set(report["quants"]) == {"Q8_0", "Q4_K_M", "IQ4_XS", "IQ4_XS-measured"}
     assert all(entry["chunks"] == 10 and entry["kld_mean"] >= 0 for entry in report["quants"].values())
     assert len((workdir / "results/quality.csv").read_text().splitlines()) == 1 + 4
     package = workdir / "results/package/tiny"
@@ -167,8 +167,9 @@ def test_a_toolchain_change_makes_everything_built_with_it_stale(tiny_run, tmp_p
     """After the finished tiny run, a new backend or new CMake flags: the toolchain job re-runs
     for its changed parameters and every job made with llama.cpp after it, for its updated input.
     Fetching the source and copying the calibration text use no llama.cpp and stay. A dry run
-    sees as far as the verdicts (a checkpoint), so the IQ4_XS retry and the speed runs of the
-    shipped builds, which follow from verdicts, come after them."""
+    sees as far as the verdicts (a checkpoint), so the IQ4_XS retry (with the measurements its
+    measured remedy is chosen by) and the speed runs of the shipped builds, which follow from
+    verdicts, come after them."""
     config = _tiny_config(tmp_path, "toolchain.yaml", toolchain=change)
     reasons = planned_reasons(tiny_run.workdir, config)
     assert {rule: len(why) for rule, why in reasons.items()} == {
@@ -182,7 +183,9 @@ def test_a_toolchain_change_makes_everything_built_with_it_stale(tiny_run, tmp_p
     assert f"before: '--version 0.3.36 --backend cpu' now: '{params}'" in why, why
     assert all("Input files updated by another job" in why for whys in reasons.values() for why in whys), reasons
     ran = set(job_starts(tiny_run.proc.stderr)) - {"all"}
-    assert ran - set(reasons) - {"toolchain"} == {"source_local", "calibration_text"}
+    retry = {"remedy_plan", "calibration_logits", "sensitivity", "sensitivity_probes", "auto_recipe"}
+    assert ran - set(reasons) - {"toolchain"} - retry == {"source_local", "calibration_text"}
+    assert retry <= ran
 
 
 # ---------------------------------------------------------------- where a run writes

@@ -137,9 +137,9 @@ BAD_INPUT = [
          {"models": [model("package")]}),
     Case("model-names-differ-in-case", "models[1].name: 'M' is already used by models[0].name as 'm'",
          {"models": [model("m"), model("M")]}),
-    Case("variant-named-like-fallback-try", "quants[1]: 'Q4_K_M-sensitive' is already used by "
+    Case("variant-named-like-fallback-try", "quants[1]: 'Q4_K_M-measured' is already used by "
          "fallback.remedies[0].name; expected build names unique per model",
-         {"quants": ["Q4_K_M", "Q4_K_M-sensitive"], "variants": {"Q4_K_M-sensitive": {"type": "Q4_K_M"}}}),
+         {"quants": ["Q4_K_M", "Q4_K_M-measured"], "variants": {"Q4_K_M-measured": {"type": "Q4_K_M"}}}),
     Case("duplicate-remedy-names", "fallback.remedies[1].name: 'Q4_K_M-a' is already used by fallback.remedies[0].name",
          {"quants": ["Q4_K_M"], "fallback": {"remedies": [{"name": "a", "tensor_types": {"attn_v": "Q8_0"}},
                                                           {"name": "a", "output_tensor_type": "Q8_0"}]}}),

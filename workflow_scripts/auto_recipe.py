@@ -25,8 +25,13 @@ reference (squared error below ``REPRODUCES`` of its squares) is no option for t
 tensor: the source was stored in it, or in a grid it holds (a Q4_1 source's tensors requantized
 to Q4_1 or Q5_1 come back exact), and against a dequantized reference that looks free.
 
+A measured fallback remedy (``--raise-from``) is the same search from the actual types of the build
+before it (its census, or the plan of a remedy skipped before it): each tensor keeps its type or
+takes one with more bytes and less predicted cost, within ``--allowance-pct`` more bytes. A tensor
+whose starting type no record measured keeps it.
+
     python -m workflow_scripts.auto_recipe --sensitivity S.json... --probes probes.json --reference F16.gguf
-        (--bytes-of-census C.json | --target-bpw X | --max-mean-kld X)
+        (--bytes-of-census C.json | --target-bpw X | --max-mean-kld X | --raise-from C.json --allowance-pct X)
         --build NAME --out NAME.recipe.json --tensor-types NAME.tensor-types.txt
 """
 
@@ -44,6 +49,7 @@ from typing import Any, Iterable, NamedTuple
 from workflow_scripts.atomic import atomic_write_text
 from workflow_scripts.errors import UserError, run_cli
 from workflow_scripts.quant_types import bits_per_weight
+from workflow_scripts.remedy_plan import previous_types
 from workflow_scripts.sensitivity import tensor_options, tensor_type_lines
 from workflow_scripts.tensor_error import role
 
@@ -180,15 +186,18 @@ def reproducing(records: list[dict[str, Any]]) -> dict[str, frozenset[str]]:
 
 
 def options(records: list[dict[str, Any]], probes: dict[str, Any], alphas: dict[str, float],
-            exclude: dict[str, frozenset[str]] | None = None) -> dict[str, list[Option]]:
+            exclude: dict[str, frozenset[str]] | None = None,
+            keep: dict[str, str] | None = None) -> dict[str, list[Option]]:
     """Per tensor its distinct actual types as (type, n_bytes, cost over its base type), less the
     types ``exclude`` names for it (by actual type, not menu type: a Q4_1 source's tensors lose
-    Q5_1 also where it is Q5_K's row fallback)."""
+    Q5_1 also where it is Q5_K's row fallback) other than the one ``keep`` names for it (a
+    measured remedy's starting type stays where it is, whatever it reproduces)."""
     base_types = probes["base"]["tensors"]
     found = {}
     for name, types in tensor_options({r["menu_type"]: r for r in records}).items():
         group = role(name)
-        kept = {t: v for t, v in types.items() if t not in (exclude or {}).get(name, ())}
+        kept = {t: v for t, v in types.items()
+                if t not in (exclude or {}).get(name, ()) or t == (keep or {}).get(name)}
         if not kept:
             raise UserError(f"tensor {name}: every type the records give it ({', '.join(sorted(types))}) reproduces "
                             "the reference (the source was stored in it); expected a menu with another type for it")
@@ -295,6 +304,26 @@ def _fill(options: dict[str, list[Option]], start: dict[str, Option], n_bytes: i
         choice[name] = point
 
 
+def raise_options(opts: dict[str, list[Option]], start: dict[str, str],
+                  n_elements: dict[str, int]) -> tuple[dict[str, list[Option]], list[str]]:
+    """A measured remedy's choices: per tensor its type in the build before (``start``, actual
+    types) and the options with more bytes and less predicted cost; raising only. A tensor whose
+    starting type no record measured keeps it (its cost there is unknown; its bytes from the type's
+    block layout): those tensors are returned too."""
+    found, unmeasured = {}, []
+    for name, choices in opts.items():
+        if name not in start:
+            raise UserError(f"tensor {name}: the build before it has no such tensor; expected the build of the same "
+                            "reference whose tensor types the remedy raises from")
+        at = next((o for o in choices if o.type == start[name]), None)
+        if at is None:
+            unmeasured.append(name)
+            found[name] = [Option(start[name], round(bits_per_weight(start[name]) * n_elements[name] / 8), 0.0)]
+            continue
+        found[name] = [at, *(o for o in choices if o.n_bytes > at.n_bytes and o.cost < at.cost)]
+    return found, unmeasured
+
+
 # ---------------------------------------------------------------- budgets and comparison
 
 def _elements(records: list[dict[str, Any]]) -> dict[str, int]:
@@ -349,14 +378,22 @@ def _load_json(path: Path) -> dict[str, Any]:
 
 
 def recipe(records: list[dict[str, Any]], probes: dict[str, Any], reference, objective: dict[str, Any],
-           census: dict[str, Any] | None = None) -> dict[str, Any]:
+           census: dict[str, Any] | None = None, allowance_pct: float | None = None) -> dict[str, Any]:
     """The recipe record of an auto build (checked inputs; ``reference`` a GGUFHeader; ``census``
-    the stock build's for a ``bytes_of`` objective). Types that reproduce a tensor are no option for it."""
+    the stock build's for a ``bytes_of`` objective, the build before for a ``raise_from`` one, which
+    may add ``allowance_pct`` percent to its bytes). Types that reproduce a tensor are no option for
+    it (but for the type a raised tensor starts from)."""
     calibration = calibrate(records, probes)
     exclude = reproducing(records)
-    opts = options(records, probes, {g: c["alpha"] for g, c in calibration.items()}, exclude)
+    start = (census or {}).get("tensor_types") if "raise_from" in objective else None
+    opts = options(records, probes, {g: c["alpha"] for g, c in calibration.items()}, exclude, start)
     base = probes["base"]["kld_mean"]
-    if "bytes_of" in objective:
+    unmeasured = None
+    if start is not None:
+        opts, unmeasured = raise_options(opts, start, _elements(records))
+        start_bytes = sum(choices[0].n_bytes for choices in opts.values())
+        budget = math.floor(start_bytes * (1 + allowance_pct / 100))
+    elif "bytes_of" in objective:
         budget = budget_from_census(census, records)
     elif "target_bpw" in objective:
         budget = budget_from_bpw(objective["target_bpw"], reference, records)
@@ -386,6 +423,11 @@ def recipe(records: list[dict[str, Any]], probes: dict[str, Any], reference, obj
         "moved": None if directions is None else {
             way: [name for name, d in directions.items() if d == way] for way in ("up", "down")},
         "types": dict(sorted(Counter(types.values()).items())),
+        **({} if start is None else {
+            "allowance_pct": allowance_pct,
+            "start_bytes": start_bytes,
+            "start_predicted_kld_mean": base + sum(choices[0].cost for choices in opts.values()),
+            "unmeasured": unmeasured}),
     }
 
 
@@ -400,6 +442,10 @@ def main(argv: list[str] | None = None) -> None:
     target.add_argument("--bytes-of-census", type=Path, help="the stock build's census: match its bytes")
     target.add_argument("--target-bpw", type=float, help="bits per weight of the whole file")
     target.add_argument("--max-mean-kld", type=float, help="fewest bytes predicted to reach this mean KLD")
+    target.add_argument("--raise-from", type=Path, help="a measured remedy: the census (or remedy plan) of the "
+                        "build before it, whose actual types it raises from")
+    parser.add_argument("--allowance-pct", type=float, help="with --raise-from: bytes it may add, in percent")
+    parser.add_argument("--build-before", help="with --raise-from: the name of the build it raises from")
     parser.add_argument("--build", required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--tensor-types", type=Path, required=True)
@@ -410,13 +456,19 @@ def main(argv: list[str] | None = None) -> None:
     check_inputs(named, str(ns.probes), probes, str(ns.reference),
                  {name: t.n_elements for name, t in reference.tensors.items()})
     records = list(named.values())
+    if any((ns.raise_from is None) != (value is None) for value in (ns.allowance_pct, ns.build_before)):
+        parser.error("--raise-from, --allowance-pct and --build-before go together")
     census = _load_json(ns.bytes_of_census) if ns.bytes_of_census else None
     if census is not None and not isinstance(census.get("tensor_types"), dict):
         raise UserError(f"{ns.bytes_of_census}: expected a census with 'tensor_types'")
-    objective = ({"bytes_of": census.get("quant")} if census is not None
-                 else {"target_bpw": ns.target_bpw} if ns.target_bpw is not None
-                 else {"max_mean_kld": ns.max_mean_kld})
-    result = {"build": ns.build, **recipe(records, probes, reference, objective, census)}
+    if ns.raise_from:
+        census = {"tensor_types": previous_types(ns.raise_from)}
+        objective = {"raise_from": ns.build_before}
+    else:
+        objective = ({"bytes_of": census.get("quant")} if census is not None
+                     else {"target_bpw": ns.target_bpw} if ns.target_bpw is not None
+                     else {"max_mean_kld": ns.max_mean_kld})
+    result = {"build": ns.build, **recipe(records, probes, reference, objective, census, ns.allowance_pct)}
     atomic_write_text(ns.tensor_types, tensor_type_lines({n: t["type"] for n, t in result["tensors"].items()}))
     atomic_write_text(ns.out, json.dumps(result, indent=2) + "\n")
     moves = (f"; moved up {len(result['moved']['up'])}, down {len(result['moved']['down'])}"

@@ -48,7 +48,9 @@ class Build:
     type: str
     imatrix: bool
     options: dict[str, Any]
-    auto: dict[str, Any] | None = None  # an auto build: {"objective": {key: value}, "menu": [...], "source_types": [...]}
+    # an auto build or a measured remedy: {"objective": {key: value}, "menu": [...], "source_types": [...],
+    # "setting": where the config asks for it; a measured remedy's objective is {"raise_from": build}, beside "allowance_pct"}
+    auto: dict[str, Any] | None = None
 
     @property
     def args(self) -> tuple[str, ...]:
@@ -406,7 +408,8 @@ def _auto_build(name: str, variant: dict, imatrix: bool, source_name: str) -> Bu
         raise UserError(f"{where}.imatrix: an auto build weighs each tensor's error by the importance matrix; "
                         "expected true (and the model's imatrix on)")
     return Build(variant["type"], True, {"tensor_types": {}},
-                 auto={"objective": {objectives[0]: auto[objectives[0]]}, "menu": list(auto["menu"]), "source_types": []})
+                 auto={"objective": {objectives[0]: auto[objectives[0]]}, "menu": list(auto["menu"]), "source_types": [],
+                       "setting": f"variants.{name}.auto"})
 
 
 def source_stored_types(source: dict, base: Path) -> set[str]:
@@ -428,11 +431,11 @@ def _check_auto_builds(builds: dict[str, Build], quants: tuple[str, ...], source
     autos = {name: build for name, build in builds.items() if build.auto}
     if not autos:
         return
-    menus = {tuple(sorted(build.auto["menu"])): name for name, build in autos.items()}
+    menus = {tuple(sorted(build.auto["menu"])): build.auto["setting"] for build in autos.values()}
     if len(menus) > 1:
         first, second = list(menus.values())[:2]
-        raise UserError(f"{source_name}: variants.{second}.auto.menu: differs from variants.{first}.auto.menu, and both "
-                        f"are builds of {where}; expected one menu per model (its sensitivity is measured once)")
+        raise UserError(f"{source_name}: {second}.menu: differs from {first}.menu, and both are builds of {where}; "
+                        "expected one menu per model (its sensitivity is measured once)")
     stored = source_stored_types(source, base)
     for name, build in autos.items():
         bytes_of = build.auto["objective"].get("bytes_of")
@@ -468,9 +471,19 @@ def _raises_only(remedy: dict, base_type: str) -> dict:
 def _remedy_builds(quant: str, build: Build, remedies: list[dict], add) -> tuple[str, ...]:
     """Names of the fallback builds for ``quant``, in order, each given to ``add(name, build, field)``;
     each adds its remedy to the one before. A remedy that changes nothing for this type (it would
-    only lower types) is skipped."""
+    only lower types) is skipped, and so is a measured remedy for a build made without the imatrix
+    (its measurements are of imatrix quantization) or whose type no menu type is above (Q8_0)."""
     names, current = [], build
+    floor = bits_per_weight(remedy_floor(build.type))
     for index, remedy in enumerate(remedies):
+        if "measured" in remedy:
+            measured = _measured_build(build.type, names[-1] if names else quant, remedy["measured"],
+                                       f"fallback.remedies[{index}].measured")
+            if build.imatrix and max(map(bits_per_weight, measured.auto["menu"])) > floor:
+                current = measured
+                names.append(f"{quant}-{remedy['name']}")
+                add(names[-1], current, f"fallback.remedies[{index}].name")
+            continue
         options = _merge_options(current.options, _raises_only(remedy, build.type))
         if options == current.options:
             continue
@@ -478,6 +491,38 @@ def _remedy_builds(quant: str, build: Build, remedies: list[dict], add) -> tuple
         names.append(f"{quant}-{remedy['name']}")
         add(names[-1], current, f"fallback.remedies[{index}].name")
     return tuple(names)
+
+
+def _measured_build(file_type: str, previous: str, measured: dict, setting: str) -> Build:
+    """A measured remedy as a Build: the file type, no options of its own (the raised tensor types
+    come as a file at run time, naming every tensor), raising from ``previous``'s actual types."""
+    return Build(file_type, True, {"tensor_types": {}},
+                 auto={"objective": {"raise_from": previous}, "allowance_pct": measured["allowance_pct"],
+                       "menu": list(measured.get("menu", auto_menu_default())), "source_types": [], "setting": setting})
+
+
+def auto_menu_default() -> list[str]:
+    """The schema's default menu (a measured remedy's menu refers to the auto builds' setting, and
+    the schema's defaults are not filled through a reference)."""
+    return load_schema()["$defs"]["auto"]["properties"]["menu"]["default"]
+
+
+def check_remedies(remedies: list[dict], source_name: str) -> None:
+    """A measured remedy sets nothing else, and no fixed remedy follows one: a fixed remedy adds its
+    types to the settings of the one before, and a measured remedy's types are no settings."""
+    measured = None
+    for index, remedy in enumerate(remedies):
+        where = f"{source_name}: fallback.remedies[{index}]"
+        if "measured" in remedy:
+            clashing = [key for key in OPTION_KEYS if key in remedy]
+            if clashing:
+                raise UserError(f"{where}: {', '.join(clashing)} cannot be combined with measured (the measurements "
+                                "choose which tensors to raise); expected them in a remedy of their own before it")
+            measured = index
+        elif measured is not None:
+            raise UserError(f"{where}: a fixed remedy after the measured fallback.remedies[{measured}]; expected fixed "
+                            "remedies first (each adds its types to the one before; a measured one raises from the "
+                            "actual types of the build before it)")
 
 
 def build_plan(config: dict, source_name: str = "config", base: Path | str = ".",
@@ -503,6 +548,7 @@ def build_plan(config: dict, source_name: str = "config", base: Path | str = "."
     _check_text(evaluation["text"], "evaluation.text", "evaluation text", evaluation, "evaluation", source_name, base,
                 cache)
     _check_tensor_patterns(config, source_name)
+    check_remedies(config["fallback"]["remedies"], source_name)
     names = Claims(source_name, "unique model names")
     models = {}
     for index, model in enumerate(config["models"]):

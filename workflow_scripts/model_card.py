@@ -177,7 +177,9 @@ def _withheld(manifest: dict) -> list[str]:
     lines = ["", "## Not published", "", "These quants were made and measured but no build of them passed its gate:", ""]
     for item in manifest["withheld"]:
         reasons = "; ".join(f"{build}: {', '.join(why)}" for build, why in item["reasons"].items())
-        lines.append(f"- **{item['quant']}** (tried {', '.join(item['tried'])}): {reasons}")
+        skipped = (f"; not built: {', '.join(item['skipped'])}, which changed no tensor's type"
+                   if item.get("skipped") else "")
+        lines.append(f"- **{item['quant']}** (tried {', '.join(item['tried'])}{skipped}): {reasons}")
     return lines
 
 
@@ -247,7 +249,8 @@ def _auto_builds(manifest: dict) -> list[str]:
     lines = ["", "## Auto builds", "",
              "These files' tensor types were chosen per tensor by gguf-forge: each tensor's imatrix-weighted error at "
              "every menu type was measured, scaled per tensor group by real KL-divergence probes on the calibration "
-             "text, and the lowest predicted mean KLD within the budget was picked. The evaluation text above judged "
+             "text, and the lowest predicted mean KLD within the budget was picked (for a fallback build, raising "
+             "tensors of the failed build before it within a byte allowance). The evaluation text above judged "
              "the result and was never seen by the search."]
     for entry in autos:
         auto = entry["auto"]
@@ -258,7 +261,8 @@ def _auto_builds(manifest: dict) -> list[str]:
         for way in ("up", "down"):
             names = moved.get(way) or []
             if names:
-                lines.append(f"- {len(names)} tensors moved {way} against {auto['objective'].get('bytes_of', 'the stock build')}: "
+                against = auto["objective"].get("bytes_of") or auto["objective"].get("raise_from") or "the stock build"
+                lines.append(f"- {len(names)} tensors moved {way} against {against}: "
                              + ", ".join(f"`{n}`" for n in names[:8]) + (", ..." if len(names) > 8 else ""))
         if auto.get("source_types"):
             lines.append(f"- The source was itself stored as {', '.join(auto['source_types'])}: the reference is its "

@@ -62,7 +62,8 @@ def auto_recipe_text(file_type: str, recipe: dict) -> str:
     ×150, Q4_K ×30, Q8_0 ×2`` (tensors per chosen type, most first)."""
     (key, value), = recipe["objective"].items()
     within = {"bytes_of": f"within the bytes of {value}", "target_bpw": f"at {value} bits per weight",
-              "max_mean_kld": f"for predicted mean KLD {value}"}[key]
+              "max_mean_kld": f"for predicted mean KLD {value}",
+              "raise_from": f"raised from {value}'s types within {recipe.get('allowance_pct')} % more bytes"}[key]
     counts = sorted(recipe["types"].items(), key=lambda item: (-item[1], item[0]))
     return f"auto {within} ({file_type} file type): " + ", ".join(f"{t} ×{n}" for t, n in counts)
 
@@ -71,7 +72,7 @@ def auto_record(recipe: dict, tensor_types_path: str, build: dict) -> dict[str, 
     """What the manifest keeps of an auto build's search: objective, budget, prediction, the
     per-group scales, the types chosen for every tensor and which moved against the stock build."""
     keys = ("objective", "budget_bytes", "n_bytes", "bits_per_weight", "base_kld_mean", "predicted_kld_mean", "alphas",
-            "types", "moved", "excluded")
+            "types", "moved", "excluded", "allowance_pct", "start_bytes", "start_predicted_kld_mean", "unmeasured")
     return {**{key: recipe.get(key) for key in keys}, "menu": build["auto"]["menu"],
             "source_types": build["auto"]["source_types"], "tensor_type_file": tensor_types_path,
             "tensor_types": {name: t["type"] for name, t in recipe["tensors"].items()}}
@@ -145,7 +146,8 @@ def manifest(settings: dict, report: dict, speed: dict, stamp: dict, records: di
             reasons = {b: report["quants"][b]["reasons"] for b in tried}
             if report["ships"][quant]:  # passed on quality, missed a size or speed gate
                 reasons[report["ships"][quant]] = speed["withheld"][quant]
-            withheld.append({"quant": quant, "tried": tried, "reasons": reasons})
+            skipped = report.get("skipped", {}).get(quant)  # remedies never built: they changed no tensor's type
+            withheld.append({"quant": quant, "tried": tried, "reasons": reasons, **({"skipped": skipped} if skipped else {})})
     inputs = {k: v for k, v in digests.items() if not k.endswith(".gguf")}
     source = records["source"]
     return {

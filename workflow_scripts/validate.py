@@ -152,9 +152,10 @@ def reference_sanity(record: dict) -> dict[str, Any]:
 
 
 def model_report(model: str, reference: dict, builds: dict[str, dict], attempts: dict[str, list[str]],
-                 sanity: dict | None = None, coverage: dict | None = None) -> dict[str, Any]:
+                 sanity: dict | None = None, coverage: dict | None = None,
+                 skipped: dict[str, list[str]] | None = None) -> dict[str, Any]:
     """Every build's verdict, which build ships for each requested quant (the last try, if it
-    passed), the invariants across builds, (given the reference's sanity record) which sanity
+    passed), the remedies ``skipped`` as changing no tensor's type, the invariants across builds, (given the reference's sanity record) which sanity
     prompts could not discriminate, and (given the imatrix's coverage record) how many experts of
     each expert tensor the imatrix covered; with auto builds, each against the builds of about its size
     (workflow_scripts.compare)."""
@@ -168,6 +169,7 @@ def model_report(model: str, reference: dict, builds: dict[str, dict], attempts:
         "reference": reference,
         "quants": builds,
         "attempts": attempts,
+        "skipped": {quant: names for quant, names in (skipped or {}).items() if names},
         "ships": ships,
         "passed": [name for name, entry in builds.items() if entry["verdict"] == "passed"],
         "failed": [name for name, entry in builds.items() if entry["verdict"] == "failed"],
@@ -225,7 +227,8 @@ def main(argv: list[str] | None = None) -> None:
     report.add_argument("--coverage", type=Path, help="the imatrix's expert coverage, if the model has an imatrix")
     report.add_argument("--chat-template", type=Path, help="the model's chat-template check (workflow_scripts/chat_template.py)")
     report.add_argument("--verdicts", type=Path, nargs="+", required=True)
-    report.add_argument("--attempts-json", required=True, help="builds tried per requested quant, in order")
+    report.add_argument("--attempts-json", required=True,
+                        help='{"tried": builds tried per requested quant, in order, "skipped": remedies not built}')
     report.add_argument("--out", type=Path, required=True)
     table = sub.add_parser("quality-table", help="quality.csv across models")
     table.add_argument("reports", type=Path, nargs="+")
@@ -243,8 +246,12 @@ def main(argv: list[str] | None = None) -> None:
                          json.loads(ns.coverage.read_text()) if ns.coverage else None)
     elif ns.command == "report":
         builds = {entry["quant"]: entry for entry in (json.loads(p.read_text()) for p in ns.verdicts)}
-        result = model_report(ns.model, json.loads(ns.reference.read_text()), builds, json.loads(ns.attempts_json),
-                              json.loads(ns.sanity.read_text()), json.loads(ns.coverage.read_text()) if ns.coverage else None)
+        chains = json.loads(ns.attempts_json)
+        result = model_report(ns.model, json.loads(ns.reference.read_text()), builds, chains["tried"],
+                              json.loads(ns.sanity.read_text()), json.loads(ns.coverage.read_text()) if ns.coverage else None,
+                              chains["skipped"])
+        for quant, names in result["skipped"].items():
+            print(f"{quant}: not built, as they change no tensor's type against the build before: {', '.join(names)}")
         if result["sanity"]["warning"]:
             print(f"warning: {result['sanity']['warning']}")
         if ns.chat_template:  # the model's own check (its template): reported beside the builds' verdicts
