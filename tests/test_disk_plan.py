@@ -152,3 +152,8 @@ def test_auto_builds_are_predicted_by_their_objective(demo):
     # 20 + 5 × 512 × 4 + 5 × 255 × 49,156 × 2 bytes
     assert files["results/smollm2-135m/auto/calibration.logits"] == 125_358_060
     assert "results/smollm2-135m/auto/sensitivity#temporary quant" in files
+    # without an auto build, the measured fallback remedy's measurements are as conditional as the
+    # fallback builds themselves: neither is counted
+    plain = build_plan(dict(demo[0]), "c.yaml", base=base, free_bytes=10**13)
+    assert plain.models["smollm2-135m"].auto_menu  # the default remedy is measured
+    assert not [f for f in plain.disk["smollm2-135m"].files if "/auto/" in f]

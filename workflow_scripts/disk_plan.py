@@ -22,12 +22,13 @@ Predicted files, per model (``predict``):
   ``"_logits_"``, n_ctx, n_vocab, n_chunk (20 bytes), the n_chunk × ctx tokens (int32), then for
   every chunk ctx − 1 − ctx/2 rows of nv uint16 with nv = 2·⌈n_vocab/2⌉ + 4;
 - package: hard links cost nothing; a build over ``package.split_max_mb`` is written again as parts;
-- auto builds: their size by objective (``auto_bytes``); auto builds and measured remedies: the probes' calibration logits
+- auto builds: their size by objective (``auto_bytes``), the probes' calibration logits
   (``calibration.probe_window``), and one Q8_0-sized temporary quant of a sensitivity job;
 - small files (JSON, texts, logs, checksums): 1 MiB.
 
 Only what does not exist yet counts: a rerun after a finished run needs nothing new. Fallback
-builds (made only when a build fails its gates) are not counted.
+builds (made only when a build fails its gates) are not counted, nor the measurements a measured
+remedy needs when no auto build needs them too.
 """
 
 from __future__ import annotations
@@ -219,7 +220,7 @@ def predict(model: Any, reference_type: str, evaluation: dict, package: dict, ba
     need.files[f"results/{name}/validate/{name}-reference.logits"] = logits_bytes(
         shape.n_vocab, evaluation["chunks"], evaluation["ctx"])
     split_limit = package.get("split_max_mb", 0) * 1_000_000
-    if model.auto_menu:  # auto builds, measured remedies: the probes' logits, one temporary quant per sensitivity job
+    if any(model.builds[b].auto for b in model.quants):  # auto builds: the probes' logits, a sensitivity job's quant
         ctx, chunks = probe_window(model.calibration, evaluation)
         need.files[f"results/{name}/auto/calibration.logits"] = logits_bytes(shape.n_vocab, chunks, ctx)
         need.files[f"results/{name}/auto/sensitivity#temporary quant"] = build_bytes(shape, "Q8_0", {})

@@ -63,7 +63,7 @@ def auto_recipe_text(file_type: str, recipe: dict) -> str:
     (key, value), = recipe["objective"].items()
     within = {"bytes_of": f"within the bytes of {value}", "target_bpw": f"at {value} bits per weight",
               "max_mean_kld": f"for predicted mean KLD {value}",
-              "raise_from": f"raised from {value}'s types within {recipe.get('allowance_pct')} % more bytes"}[key]
+              "raise_from": f"raised from {value}'s types within {recipe.get('allowance_pct', 0):g} % more bytes"}[key]
     counts = sorted(recipe["types"].items(), key=lambda item: (-item[1], item[0]))
     return f"auto {within} ({file_type} file type): " + ", ".join(f"{t} ×{n}" for t, n in counts)
 
