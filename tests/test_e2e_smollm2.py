@@ -403,7 +403,7 @@ def test_an_auto_build_chooses_each_tensors_type_within_the_stock_bytes(demo):
     assert recipe["excluded"]["Q8_0"] == 1 and recipe["excluded"]["Q5_1"] > 200
     assert "imatrix/calibration.txt" in (workdir / "results/logs/calibration_logits" / f"{MODEL}.log").read_text()
     report = json.loads((model_dir / "validation_report.json").read_text())
-    row = next(r for r in report["auto_comparison"] if r["build"] == "Q4_K_M")
+    row = next(r for r in report["auto_comparison"] if r["auto"] == "Q4_auto" and r["build"] == "Q4_K_M")
     assert row["paired"]["chunks"] == 10 and row["delta_kld_se"] > 0
     assert row["delta_kld"] == pytest.approx(report["quants"]["Q4_auto"]["kld_mean"] - report["quants"]["Q4_K_M"]["kld_mean"],
                                              abs=1e-4)
