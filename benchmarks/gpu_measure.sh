@@ -39,8 +39,9 @@ fi
 export PATH=$work/venv/bin:$PATH PYTHONPATH=$root:$bundle/site
 export GGUF_FORGE_CACHE=$work/cache GGUF_FORGE_LLAMA_CPP_SRC=$work/src/llama.cpp
 # The system compiler, which links libstdc++ as a shared library: a CC/CXX that links it statically
-# into libllama makes llama-cpp-python crash beside the interpreter's own copy (docs/gpu.md).
-if [ -x /usr/bin/gcc ] && [ -x /usr/bin/g++ ]; then export CC=/usr/bin/gcc CXX=/usr/bin/g++; fi
+# into libllama makes llama-cpp-python crash beside the interpreter's own copy (docs/gpu.md). CUDAHOSTCXX
+# too: nvcc's host compiler links libggml-cuda, and the lent H200 host sets it to its static-libstdc++ g++.
+if [ -x /usr/bin/gcc ] && [ -x /usr/bin/g++ ]; then export CC=/usr/bin/gcc CXX=/usr/bin/g++ CUDAHOSTCXX=/usr/bin/g++; fi
 nvidia-smi --query-gpu=name,memory.total,compute_cap,driver_version --format=csv,noheader || true
 
 stamp "toolchains (the workflow's own toolchain jobs then reuse them) and the model, side by side"
@@ -62,12 +63,16 @@ for side in $sides; do
     stamp "workflow, $side side"
     targets=$(python -m benchmarks.gpu_measure config --backend "$side" --model-dir "$work/$model" --shape "$shape" \
         --out "$work/$side/config.yaml")
+    # 8B: llama-quantize on every core (the rule asks for 8): IQ4_XS took over 280 s on 8 threads, and a
+    # job cut by a 10-minute device call's end starts over
+    more=()
+    [ "$shape" != 8b ] || more=(--set-threads "quantize=$cores")
     limit=0
     [ -z "${BUDGET_S:-}" ] || limit=$((BUDGET_S - (SECONDS - started) - 45))
     if [ -n "${BUDGET_S:-}" ] && [ "$limit" -lt 1 ]; then stamp "$side side: no time left in BUDGET_S; run again to go on"; continue; fi
     # --keep-going and no exit on failure: one failed job leaves a gap in the table, not an empty one
     (cd "$work/$side" && timeout -s INT -k 30 "$limit" snakemake -s "$root/Snakefile" --configfile config.yaml \
-        --cores "$cores" --keep-going --rerun-incomplete $targets) \
+        --cores "$cores" --keep-going --rerun-incomplete "${more[@]}" $targets) \
         || stamp "$side side: stopped or some jobs failed (above); the table shows what was measured"
     if [ -f "$work/$side/results/summary/summary.md" ] && [ $((SECONDS - started)) -lt $((${BUDGET_S:-100000} - 150)) ]; then
         stamp "$side side: llama-bench by hand on the same files, against the workflow's figures"
