@@ -53,4 +53,4 @@ def test_a_crash_with_a_static_cxx_runtime_says_how_to_build_instead(tmp_path, s
     with pytest.raises(UserError) as caught:
         run_task(stamp, tmp_path / "m.gguf", TIER, 1, SETTINGS)
     assert "linked in statically (by /opt/gcc/bin/g++ (g++ (GCC) 15.1.0))" in str(caught.value)
-    assert str(caught.value).endswith("(e.g. CC=/usr/bin/gcc CXX=/usr/bin/g++).")
+    assert str(caught.value).endswith("(e.g. CC=/usr/bin/gcc CXX=/usr/bin/g++ CUDAHOSTCXX=/usr/bin/g++).")

@@ -99,12 +99,27 @@ def test_the_stamp_records_the_compilers(toolchain_stamp):
 @pytest.mark.parametrize("flags, linkage", [([], "shared"), (["-static-libstdc++"], "static")])
 def test_a_libllama_with_its_own_static_libstdcxx_is_told_apart(tmp_path, flags, linkage):
     """The compiler decides (a host GCC can link libstdc++ into every library): a real C++ library
-    built both ways stands in for libllama."""
+    built both ways stands in for libllama; a plain C library beside it (ggml's base) changes nothing."""
     source = tmp_path / "lib.cpp"
     source.write_text('#include <sstream>\nstd::string f(long v) { std::ostringstream s; s << v; return s.str(); }\n')
     subprocess.run(["g++", "-shared", "-fPIC", *flags, "-o", str(tmp_path / "libllama.so"), str(source)], check=True)
+    (tmp_path / "c.c").write_text("int g(int x) { return x + 1; }\n")
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(tmp_path / "libggml-base.so.0.25.3"), str(tmp_path / "c.c")],
+                   check=True)
     assert libstdcxx_linkage(tmp_path) == linkage
     assert libstdcxx_linkage(tmp_path / "missing") == "unknown"
+
+
+def test_a_backend_library_with_its_own_libstdcxx_is_found_beside_a_shared_libllama(tmp_path):
+    """The 8B crash on the H200 host: CUDAHOSTCXX (a GCC that links libstdc++ statically) built
+    libggml-cuda, while CXX built libllama against the system's libstdc++.so.6."""
+    source = tmp_path / "lib.cpp"
+    source.write_text('#include <sstream>\nstd::string f(long v) { std::ostringstream s; s << v; return s.str(); }\n')
+    subprocess.run(["g++", "-shared", "-fPIC", "-o", str(tmp_path / "libllama.so.0.5.0"), str(source)], check=True)
+    assert libstdcxx_linkage(tmp_path) == "shared"
+    subprocess.run(["g++", "-shared", "-fPIC", "-static-libstdc++", "-o", str(tmp_path / "libggml-cuda.so"),
+                    str(source)], check=True)
+    assert libstdcxx_linkage(tmp_path) == "static"
 
 
 def test_a_compiler_gone_since_the_build_is_recorded_not_fatal(tmp_path):

@@ -76,10 +76,12 @@ def static_runtime_hint(stamp: dict, returncode: int) -> str:
     """The likely cause of a crashed task when the toolchain carries its own static libstdc++."""
     if returncode >= 0 or stamp.get("libstdcxx") != "static":
         return ""
-    compiler = stamp.get("compilers", {}).get("cxx", "its C++ compiler")
-    return (f"\nThis toolchain's libllama has the C++ runtime linked in statically (by {compiler}), and "
-            "llama-cpp-python can crash loading it beside another libstdc++. Build the toolchain with a compiler "
-            "that links libstdc++ as a shared library (e.g. CC=/usr/bin/gcc CXX=/usr/bin/g++).")
+    compilers = stamp.get("compilers", {})
+    compiler = " or ".join(compilers[k] for k in ("cxx", "cuda_host") if k in compilers) or "its C++ compiler"
+    return (f"\nA library of this toolchain (libllama or a ggml backend) has the C++ runtime linked in statically "
+            f"(by {compiler}), and llama-cpp-python can crash loading it beside another libstdc++. Build the "
+            "toolchain with compilers that link libstdc++ as a shared library (e.g. CC=/usr/bin/gcc "
+            "CXX=/usr/bin/g++ CUDAHOSTCXX=/usr/bin/g++).")
 
 
 def task(request: dict) -> dict[str, Any]:

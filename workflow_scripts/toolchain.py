@@ -421,7 +421,7 @@ def configured_compilers(build: Path) -> dict[str, str]:
     cache_file = build / "CMakeCache.txt"
     cache = cache_file.read_text(errors="replace") if cache_file.is_file() else ""  # a build made some other way
     return {lang.lower(): f"{path} ({_version_line(path)})"
-            for lang, path in re.findall(r"^CMAKE_(C|CXX|CUDA)_COMPILER:\w+=(.+)$", cache, re.M)}
+            for lang, path in re.findall(r"^CMAKE_(C|CXX|CUDA|CUDA_HOST)_COMPILER:\w+=(.+)$", cache, re.M)}
 
 
 def _version_line(compiler: str) -> str:
@@ -436,16 +436,26 @@ def _version_line(compiler: str) -> str:
 
 
 def libstdcxx_linkage(bin_dir: Path) -> str:
-    """How libllama holds the C++ runtime: ``shared`` (libstdc++ or libc++ among the libraries it
-    needs: the usual case), ``static`` (a compiler that links it into every library; llama-cpp-python
-    loading such a libllama beside another libstdc++ can crash: docs/gpu.md) or ``unknown``."""
-    try:
-        proc = subprocess.run(["readelf", "-d", str(bin_dir / "libllama.so")], capture_output=True, text=True)
-    except OSError:
-        return "unknown"
-    if proc.returncode != 0:
-        return "unknown"
-    return "shared" if re.search(r"\(NEEDED\).*\[lib(stdc|c)\+\+\.so", proc.stdout) else "static"
+    """How the build's libraries (libllama and the ggml backends beside it) hold the C++ runtime:
+    ``shared`` (libstdc++ or libc++ among the libraries each needs: the usual case), ``static``
+    (one of them carries its own copy: a compiler that links it into every library, e.g. a
+    CUDAHOSTCXX for libggml-cuda; llama-cpp-python loading it beside another libstdc++ can crash:
+    docs/gpu.md) or ``unknown``. A library that needs no C++ runtime (plain C) does not count; one
+    that needs none yet defines std::ostream or std::locale holds its own."""
+    found = set()
+    for lib in sorted(p for p in bin_dir.glob("lib*.so*") if p.is_file() and not p.is_symlink()):
+        try:
+            needed = subprocess.run(["readelf", "-d", str(lib)], capture_output=True, text=True)
+            symbols = subprocess.run(["readelf", "--dyn-syms", "-W", str(lib)], capture_output=True, text=True)
+        except OSError:
+            return "unknown"
+        if needed.returncode != 0 or symbols.returncode != 0:
+            continue
+        if re.search(r"\(NEEDED\).*\[lib(stdc|c)\+\+\.so", needed.stdout):
+            found.add("shared")
+        elif re.search(r"^\s*\d+:\s+\S+\s+\d+\s+\w+\s+\w+\s+\w+\s+\d+\s+_ZN(So|St6locale)", symbols.stdout, re.M):
+            found.add("static")
+    return "static" if "static" in found else "shared" if found else "unknown"
 
 
 def _run_ok(exe: Path) -> bool:
