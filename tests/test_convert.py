@@ -53,6 +53,53 @@ def test_quantized_gguf_becomes_an_f16_reference_with_every_key(tmp_path):
         assert np.asarray(d[name].data).tobytes() == np.asarray(s[name].data).tobytes()
 
 
+def test_the_reference_is_laid_out_byte_for_byte_as_gguf_pys_writer_would(tmp_path):
+    """Convert copies the metadata as bytes and writes the tensor infos itself: the file must be the
+    one gguf-py's writer makes from the same keys and tensors (here with a 64-byte alignment, split
+    keys to drop, no general.file_type to overwrite: it is added last), checked by writing that file
+    with gguf-py from the reference's own tensor data and comparing every byte."""
+    from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
+    from gguf.quants import quantize
+
+    rng = np.random.default_rng(3)
+    keys = [("general.name", "aligned", GGUFValueType.STRING),
+            ("general.alignment", 64, GGUFValueType.UINT32),
+            ("split.no", 0, GGUFValueType.UINT16),
+            ("llama.context_length", 64, GGUFValueType.UINT32),
+            ("tokenizer.ggml.tokens", ["<s>", "é", "ab", ""], GGUFValueType.ARRAY),
+            ("tokenizer.ggml.token_type", [3, 1, 1, 1], GGUFValueType.ARRAY),
+            ("split.count", 1, GGUFValueType.UINT16)]
+    weights = {"blk.0.attn_q.weight": rng.standard_normal((3, 32)).astype(np.float32),
+               "blk.0.attn_norm.weight": rng.standard_normal(32).astype(np.float32)}
+
+    def write(path, pairs, tensors):
+        writer = GGUFWriter(path, "llama")
+        for key, value, vtype in pairs:
+            sub = (GGUFValueType.STRING if isinstance(value[0], str) else GGUFValueType.INT32) if vtype == GGUFValueType.ARRAY else None
+            writer.add_key_value(key, value, vtype, sub_type=sub)
+            if key == "general.alignment":
+                writer.data_alignment = value
+        for name, (data, raw_dtype) in tensors.items():
+            writer.add_tensor(name, data, raw_dtype=raw_dtype)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+
+    source = tmp_path / "aligned-Q8_0.gguf"
+    write(source, keys, {"blk.0.attn_q.weight": (quantize(weights["blk.0.attn_q.weight"], GGMLQuantizationType.Q8_0),
+                                                 GGMLQuantizationType.Q8_0),
+                         "blk.0.attn_norm.weight": (weights["blk.0.attn_norm.weight"], None)})
+    out = tmp_path / "aligned-F16.gguf"
+    gguf_to_reference([source], out, "f16")
+    made = {t.name: np.asarray(t.data).copy() for t in GGUFReader(out).tensors}
+    expected = tmp_path / "expected.gguf"
+    write(expected, [k for k in keys if not k[0].startswith("split.")] + [("general.file_type", 1, GGUFValueType.UINT32)],
+          {name: (data, None) for name, data in made.items()})
+    assert made["blk.0.attn_q.weight"].dtype == np.float16 and made["blk.0.attn_q.weight"].shape == (3, 32)
+    assert out.read_bytes() == expected.read_bytes()
+
+
 def test_bf16_reference(tmp_path):
     from gguf import GGMLQuantizationType
 

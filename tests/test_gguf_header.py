@@ -4,16 +4,16 @@ import pytest
 
 from tests.stub_sources import small_gguf
 from workflow_scripts.errors import UserError
-from workflow_scripts.gguf_header import StringArray, check_gguf_file, read_gguf_header
+from workflow_scripts.gguf_header import StringArray, read_gguf_header
 
 
 def test_not_a_gguf_is_refused_naming_the_file(tmp_path):
     bad = tmp_path / "model.gguf"
     bad.write_bytes(b"PK\x03\x04 not a gguf at all")
     with pytest.raises(UserError, match=r"model.gguf: not a GGUF file"):
-        check_gguf_file(bad)
+        read_gguf_header(bad)
     with pytest.raises(UserError, match=r"absent.gguf: GGUF file does not exist"):
-        check_gguf_file(tmp_path / "absent.gguf")
+        read_gguf_header(tmp_path / "absent.gguf")
 
 
 def test_header_scan_finds_where_the_data_ends_as_gguf_py_does(tmp_path, smollm2_gguf):
@@ -48,6 +48,12 @@ def test_header_reads_what_gguf_py_reads(smollm2_gguf):
         assert (entry.type, entry.shape, entry.offset, entry.n_bytes, entry.n_elements) == (
             tensor.tensor_type, tuple(int(d) for d in tensor.shape), tensor.data_offset, tensor.n_bytes,
             tensor.n_elements)
+    # Each key/value's bytes as the file holds them (what convert copies), against gguf-py's parts.
+    raw = header.raw_metadata()
+    assert list(raw) == list(fields)
+    for key, field in reader.fields.items():
+        if not key.startswith("GGUF."):
+            assert raw[key] == b"".join(part.tobytes() for part in field.parts), key
     for name in ("token_embd.weight", "blk.0.attn_q.weight", "blk.0.attn_norm.weight"):
         entry = header.tensors[name]
         tensor = next(t for t in reader.tensors if t.name == name)
@@ -62,5 +68,5 @@ def test_truncated_gguf_is_refused_naming_the_file(tmp_path, keep):
     cut = tmp_path / "cut.gguf"
     cut.write_bytes(full[: int(len(full) * keep)])
     with pytest.raises(UserError, match=r"cut.gguf: (damaged or )?truncated GGUF"):
-        check_gguf_file(cut)
-    check_gguf_file(tmp_path / "full.gguf")
+        read_gguf_header(cut)
+    read_gguf_header(tmp_path / "full.gguf")

@@ -25,7 +25,8 @@ import numpy as np
 from workflow_scripts.atomic import atomic_output, atomic_write_text
 from workflow_scripts.checksums import sha256_file, write_sidecar
 from workflow_scripts.errors import UserError, run_cli
-from workflow_scripts.gguf_header import TensorEntry, check_gguf_file, read_gguf_header
+from workflow_scripts.gguf_header import (GGUF_HEADER, GGUF_MAGIC, TYPE_AND_COUNT, U32, U64, GGUFHeader, TensorEntry,
+                                          encode_string, padded, read_gguf_header)
 from workflow_scripts.tool_step import run_logged
 
 # llama.cpp file types (llama_ftype) written into general.file_type of the reference.
@@ -66,30 +67,6 @@ def convert_hf(convert_script: str | None, hf_dir: Path, outtype: str, out: Path
     }
 
 
-def _copy_fields(reader, writer) -> None:
-    """Copy every key/value of ``reader`` to ``writer``, in the source's order.
-
-    The virtual ``GGUF.*`` fields (header) are not keys. ``general.architecture`` is added by the
-    writer itself, so the dict is re-ordered afterwards to match the source exactly.
-    """
-    from gguf import GGUFValueType
-
-    order = []
-    for key, field in reader.fields.items():
-        if key.startswith("GGUF."):
-            continue
-        order.append(key)
-        if key == "general.architecture":
-            continue
-        vtype = field.types[0]
-        sub_type = field.types[-1] if vtype == GGUFValueType.ARRAY else None
-        writer.add_key_value(key, field.contents(), vtype, sub_type=sub_type)
-        if key == "general.alignment":  # the writer must pad as the copied key says
-            writer.data_alignment = int(field.contents())
-    kv = writer.kv_data[0]
-    writer.kv_data[0] = {key: kv[key] for key in order if key in kv} | kv
-
-
 def reference_tensor_type(tensor: TensorEntry, outtype: str):
     """F32 stays F32, 1-D tensors (norms) become F32 (as convert_hf_to_gguf.py does), the rest ``outtype``."""
     from gguf import GGMLQuantizationType
@@ -117,22 +94,19 @@ def gguf_to_reference(parts: list[Path], dest: Path | str, outtype: str = "f16")
     every tensor is dequantized with gguf-py and rounded to the reference type a block of rows at a
     time (read with file reads, written straight to the file), so memory stays at one block of rows
     whatever the size of the model or of its largest tensor (a 128k-token embedding is 2.1 GB as
-    float32), and a split source needs no scratch copy. gguf-py's writer writes the header, the
-    metadata (the first part's, without the split.* keys) and tensor infos; the data is laid out as
-    its ``write_tensor_data`` would: padded to the alignment before the first tensor and after each
-    one, so the bytes are those of writing each tensor whole.
+    float32), and a split source needs no scratch copy. The metadata is the first part's, copied as
+    bytes (``_reference_header``); the data is laid out as gguf-py's ``write_tensor_data`` would:
+    padded to the alignment before the first tensor and after each one.
     """
-    from gguf import GGMLQuantizationType, GGUFWriter
+    from gguf import GGMLQuantizationType
     from gguf.quants import dequantize, quantize
-
-    from workflow_scripts.gguf_split import SPLIT_KEYS
 
     parts, dest = [Path(p) for p in parts], Path(dest)
     outtype = outtype.upper()
     if outtype not in FILE_TYPES:
         raise UserError(f"outtype {outtype!r}: expected one of {', '.join(FILE_TYPES)}")
-    reader = check_gguf_file(parts[0])  # metadata only: its tensors' memory maps are never read
-    tensors = [(header, t) for header in map(read_gguf_header, parts) for t in header.tensors.values()]
+    headers = [read_gguf_header(part) for part in parts]
+    tensors = [(header, t) for header in headers for t in header.tensors.values()]
     source_types = Counter(t.type.name for _, t in tensors)
     targets = {t.name: reference_tensor_type(t, outtype) for _, t in tensors}
     record: dict[str, Any] = {"source_types": dict(sorted(source_types.items())), "outtype": outtype,
@@ -142,22 +116,10 @@ def gguf_to_reference(parts: list[Path], dest: Path | str, outtype: str = "f16")
         with atomic_output(dest) as tmp:
             shutil.copyfile(parts[0], tmp)
         return {**record, "method": "copy", "note": f"the source GGUF is already {outtype}; copied as is"}
-    arch = reader.fields["general.architecture"].contents()
-    with atomic_output(dest) as tmp:
-        writer = GGUFWriter(tmp, arch)
-        _copy_fields(reader, writer)
-        for key in SPLIT_KEYS:
-            writer.kv_data[0].pop(key, None)
-        for _, tensor in tensors:
-            dtype = np.dtype(np.float32 if targets[tensor.name] == GGMLQuantizationType.F32 else np.float16)
-            writer.add_tensor_info(tensor.name, _numpy_shape(tensor), dtype,
-                                   int(tensor.n_elements) * dtype.itemsize, raw_dtype=targets[tensor.name])
-        _set_file_type(writer, FILE_TYPES[outtype])
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        fout = writer.fout[0]  # one file: the writer was given no split limits
-        writer.write_padding(fout, fout.tell())
+    sizes = {t.name: t.n_elements * (4 if targets[t.name] == GGMLQuantizationType.F32 else 2) for _, t in tensors}
+    head, alignment = _reference_header(headers[0], [t for _, t in tensors], targets, sizes, outtype)
+    with atomic_output(dest) as tmp, open(tmp, "wb") as fout:
+        fout.write(head)
         for header, tensor in tensors:
             target, written = targets[tensor.name], 0
             for rows in header.row_blocks(tensor):
@@ -170,28 +132,39 @@ def gguf_to_reference(parts: list[Path], dest: Path | str, outtype: str = "f16")
                 data = values if target == GGMLQuantizationType.F32 else quantize(values, target)
                 data.tofile(fout)
                 written += data.nbytes
-            assert written == writer.tensors[0][tensor.name].nbytes, tensor.name
-            writer.write_padding(fout, written)
-        writer.close()
+            assert written == sizes[tensor.name], tensor.name
+            fout.write(bytes(padded(written, alignment) - written))
     if as_is:
         return {**record, "method": "join", "note": f"the source's {len(parts)} parts are already {outtype}; joined"}
     return {**record, "method": "dequantize", "note": _record_note(source_types, outtype)}
 
 
-def _numpy_shape(tensor: TensorEntry) -> tuple[int, ...]:
-    """gguf-py stores shapes innermost-first; numpy order is the reverse."""
-    return tuple(int(d) for d in reversed(tensor.shape))
+def _reference_header(source: GGUFHeader, tensors: list[TensorEntry], targets: dict, sizes: dict[str, int],
+                      outtype: str) -> tuple[bytes, int]:
+    """The reference's bytes before its first tensor's data, and its alignment: the GGUF header; the
+    source's key/values copied as their bytes, in its order, without decoding them (a 262k-token
+    vocabulary is megabytes of strings: gguf-py's reader takes seconds and most of a GB to parse
+    them), the split.* keys left out and general.file_type set to the reference's type (added last
+    where the source has none); each tensor's info with its reference type and its offset; padding
+    to the alignment. The layout is gguf-py's writer's (tests compare the bytes)."""
+    from gguf import GGUF_DEFAULT_ALIGNMENT, GGUF_VERSION, GGUFValueType
 
+    from workflow_scripts.gguf_split import SPLIT_KEYS
 
-def _set_file_type(writer, value: int) -> None:
-    """Point general.file_type at the reference type (the copied value named the source's type)."""
-    from gguf import GGUFValueType
-
-    for kv in writer.kv_data:
-        if "general.file_type" in kv:
-            kv["general.file_type"].value = value
-            return
-    writer.add_key_value("general.file_type", value, GGUFValueType.UINT32)
+    metadata = {key: raw for key, raw in source.raw_metadata().items() if key not in SPLIT_KEYS}
+    if "general.architecture" not in metadata:
+        raise UserError(f"{source.path}: no general.architecture key; expected the GGUF of a model")
+    metadata["general.file_type"] = (encode_string("general.file_type") + U32.pack(GGUFValueType.UINT32)
+                                     + U32.pack(FILE_TYPES[outtype]))
+    alignment = source.metadata.get("general.alignment", GGUF_DEFAULT_ALIGNMENT)
+    infos, offset = [], 0
+    for tensor in tensors:
+        infos.append(encode_string(tensor.name) + U32.pack(len(tensor.shape))
+                     + b"".join(U64.pack(dim) for dim in tensor.shape)
+                     + TYPE_AND_COUNT.pack(targets[tensor.name], offset))
+        offset += padded(sizes[tensor.name], alignment)
+    head = b"".join([GGUF_HEADER.pack(GGUF_MAGIC, GGUF_VERSION, len(tensors), len(metadata)), *metadata.values(), *infos])
+    return head + bytes(padded(len(head), alignment) - len(head)), alignment
 
 
 def main(argv: list[str] | None = None) -> None:

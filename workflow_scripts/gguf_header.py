@@ -77,6 +77,20 @@ class GGUFHeader:
     metadata: dict[str, Any]
     tensors: dict[str, TensorEntry]
     data_end: int  # byte where the last tensor's data ends
+    # Each key/value's bytes (from the key's length to the value's end), by key, in file order.
+    spans: dict[str, tuple[int, int]] = field(default_factory=dict, compare=False)
+
+    def raw_metadata(self) -> dict[str, bytes]:
+        """Every key/value as its bytes in the file (key, type, value), in file order, from one
+        read of the metadata: what a writer copies to keep each value, tokenizer arrays included,
+        exactly as the source has it without decoding any of it."""
+        if not self.spans:
+            return {}
+        first, last = min(start for start, _ in self.spans.values()), max(end for _, end in self.spans.values())
+        with open(self.path, "rb") as handle:
+            handle.seek(first)
+            raw = handle.read(last - first)
+        return {key: raw[start - first:end - first] for key, (start, end) in self.spans.items()}
 
     def strings(self, key: str) -> list[str]:
         """The strings of metadata array ``key`` (a ``StringArray``), decoded from the file in one
@@ -112,6 +126,17 @@ class GGUFHeader:
                 if done < block.nbytes:
                     raise UserError(f"{self.path}: ends inside tensor {tensor.name}; expected the complete file")
                 yield block
+
+
+def padded(size: int, alignment: int) -> int:
+    """``size`` rounded up to a multiple of ``alignment`` (GGUF pads the header and each tensor's data)."""
+    return -(-size // alignment) * alignment
+
+
+def encode_string(text: str) -> bytes:
+    """A GGUF string: its UTF-8 length as u64, then the bytes."""
+    data = text.encode("utf-8")
+    return U64.pack(len(data)) + data
 
 
 def parse_gguf_header(path: Path | str) -> GGUFHeader:
@@ -159,10 +184,12 @@ def parse_gguf_header(path: Path | str) -> GGUFHeader:
         _, version, n_tensors, n_kv = take(GGUF_HEADER)
         if version not in (2, 3):
             raise ValueError(f"GGUF version {version}; expected 2 or 3")
-        metadata = {}
+        metadata, spans = {}, {}
         for _ in range(n_kv):
+            start = pos
             key = take_string()
             metadata[key] = take_value(take(U32)[0])
+            spans[key] = (start, pos)
         alignment = metadata.get("general.alignment", 32)
         if not isinstance(alignment, int) or alignment <= 0:
             raise ValueError(f"general.alignment is {alignment!r}")
@@ -172,14 +199,14 @@ def parse_gguf_header(path: Path | str) -> GGUFHeader:
             shape = take(struct.Struct(f"<{take(U32)[0]}Q"))
             ttype, offset = take(TYPE_AND_COUNT)
             infos.append((name, shape, GGMLQuantizationType(ttype), offset))
-        start = -(-pos // alignment) * alignment if n_tensors else pos  # no padding without data
+        start = padded(pos, alignment) if n_tensors else pos  # no padding without data
     tensors = {}
     for name, shape, ttype, offset in infos:
         block, type_size = GGML_QUANT_SIZES[ttype]
         n_elements = math.prod(shape)
         tensors[name] = TensorEntry(name, tuple(shape), ttype, start + offset, n_elements, n_elements // block * type_size)
     data_end = max((t.offset + t.n_bytes for t in tensors.values()), default=pos)
-    return GGUFHeader(Path(path), metadata, tensors, data_end)
+    return GGUFHeader(Path(path), metadata, tensors, data_end, spans)
 
 
 def read_gguf_header(path: Path | str) -> GGUFHeader:
@@ -187,6 +214,8 @@ def read_gguf_header(path: Path | str) -> GGUFHeader:
     is damaged, or the file is shorter than its header says (a download cut short is the usual
     damage and reads as garbage otherwise). Header only: cheap enough to run at plan time."""
     path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: GGUF file does not exist")
     with open(path, "rb") as handle:
         magic = handle.read(4)
     if magic != GGUF_MAGIC:
@@ -204,16 +233,3 @@ def read_gguf_header(path: Path | str) -> GGUFHeader:
                         f"the file has {size} bytes; expected the complete file (download or copy it again)")
     return header
 
-
-def check_gguf_file(path: Path | str):
-    """Open ``path`` as a complete GGUF and return its (memory-mapped) reader; UserError if not one."""
-    from gguf import GGUFReader
-
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: GGUF file does not exist")
-    read_gguf_header(path)
-    try:
-        return GGUFReader(path)
-    except Exception as err:  # gguf-py raises plain ValueError/IndexError on damaged headers
-        raise UserError(f"{path}: damaged or truncated GGUF ({type(err).__name__}: {err})") from None
