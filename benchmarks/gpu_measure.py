@@ -47,15 +47,19 @@ def stages(model: str, quants: list[str]) -> tuple[tuple[str, str], ...]:
             *((f"KLD {q}", f"validate/{model}-{q}.tsv") for q in quants))
 
 
+def corpus() -> str:
+    """The text the random models' tokenizer is trained on: the calibration and evaluation texts."""
+    return (ROOT / "config/data/calibration.txt").read_text() + (ROOT / "config/data/evaluation.txt").read_text()
+
+
 def make_model_1b(dest: Path, layers: int, hidden: int) -> None:
     from tests.tiny_model import make_tiny_llama
 
-    corpus = (ROOT / "config/data/calibration.txt").read_text() + (ROOT / "config/data/evaluation.txt").read_text()
     scale = hidden / SHAPE_1B["hidden_size"]
     shape = {**SHAPE_1B, "num_hidden_layers": layers, "hidden_size": hidden,
              "intermediate_size": int(SHAPE_1B["intermediate_size"] * scale),
              "num_attention_heads": max(1, int(32 * scale)), "num_key_value_heads": max(1, int(8 * scale))}
-    make_tiny_llama(dest, corpus, shape=shape, dtype="float16")
+    make_tiny_llama(dest, corpus(), shape=shape, dtype="float16")
 
 
 def llama_tensor_shapes(shape: dict, vocab: int) -> dict[str, tuple[int, ...]]:
@@ -85,8 +89,7 @@ def make_model_8b(dest: Path, shape: dict = SHAPE_8B, vocab: int = VOCAB_8B) -> 
     from tests.tiny_model import train_tokenizer
 
     dest.mkdir(parents=True, exist_ok=True)
-    corpus = (ROOT / "config/data/calibration.txt").read_text() + (ROOT / "config/data/evaluation.txt").read_text()
-    LlamaTokenizer(vocab_file=str(train_tokenizer(corpus, dest)), legacy=True, add_bos_token=True,
+    LlamaTokenizer(vocab_file=str(train_tokenizer(corpus(), dest)), legacy=True, add_bos_token=True,
                    add_eos_token=False).save_pretrained(dest)
     LlamaConfig(vocab_size=vocab, **shape, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
                 architectures=["LlamaForCausalLM"],
@@ -173,7 +176,7 @@ def speed(run: Path, backend: str, model: str, name: str, record: dict | None) -
         return {}, False
 
 
-def _fmt(value, spec: str = ".1f") -> str:
+def cell(value, spec: str = ".1f") -> str:
     return "—" if value is None else format(value, spec)
 
 
@@ -182,7 +185,7 @@ def table(cpu: Path, cuda: Path, bandwidth: float, run: str = "1b") -> str:
     lines = ["| stage | CPU s | GPU s | CPU / GPU |", "|---|---|---|---|"]
     for label, tsv in stages(model, quants):
         c, g = stage_seconds(cpu, tsv), stage_seconds(cuda, tsv)
-        lines.append(f"| {label} | {_fmt(c)} | {_fmt(g)} | {_fmt(c / g if c and g else None)} |")
+        lines.append(f"| {label} | {cell(c)} | {cell(g)} | {cell(c / g if c and g else None)} |")
     lines += ["", "| file | weights MB | CPU pp t/s | GPU pp t/s | CPU tg t/s | GPU tg t/s | GPU tg × bytes / bandwidth "
               "| VRAM measured MB | VRAM predicted MB | measured / predicted |", "|---|---|---|---|---|---|---|---|---|---|"]
     raw_only, gpus = False, []
@@ -196,13 +199,13 @@ def table(cpu: Path, cuda: Path, bandwidth: float, run: str = "1b") -> str:
         tg = gpu_speed.get("tg", {}).get("tokens_per_s")
         vram = (gpu_record or {}).get("vram", {})
         lines.append("| " + " | ".join([
-            name + ("*" if cpu_raw or gpu_raw else ""), _fmt(size and size / 1e6, ".0f"),
-            _fmt(cpu_speed.get("pp", {}).get("tokens_per_s")), _fmt(gpu_speed.get("pp", {}).get("tokens_per_s")),
-            _fmt(cpu_speed.get("tg", {}).get("tokens_per_s")), _fmt(tg),
-            _fmt(tg and size and tg * size / bandwidth, ".1%"),
-            _fmt(vram.get("measured_bytes") and vram["measured_bytes"] / 1e6, ".0f"),
-            _fmt(vram.get("predicted_bytes") and vram["predicted_bytes"] / 1e6, ".0f"),
-            _fmt(vram.get("measured_over_predicted"), ".2f")]) + " |")
+            name + ("*" if cpu_raw or gpu_raw else ""), cell(size and size / 1e6, ".0f"),
+            cell(cpu_speed.get("pp", {}).get("tokens_per_s")), cell(gpu_speed.get("pp", {}).get("tokens_per_s")),
+            cell(cpu_speed.get("tg", {}).get("tokens_per_s")), cell(tg),
+            cell(tg and size and tg * size / bandwidth, ".1%"),
+            cell(vram.get("measured_bytes") and vram["measured_bytes"] / 1e6, ".0f"),
+            cell(vram.get("predicted_bytes") and vram["predicted_bytes"] / 1e6, ".0f"),
+            cell(vram.get("measured_over_predicted"), ".2f")]) + " |")
     if raw_only:
         lines += ["", "*: llama-bench's own output; the speed job failed afterwards, in its reference task."]
     lines += ["", f"GPU: {', '.join(gpus) or 'none found'}; bandwidth figure: {bandwidth / 1e12:.2f} TB/s"
@@ -221,7 +224,7 @@ def jobs_table(run_dir: Path, model: str) -> str:
         rows.append((f"{tsv.parent.name}/{tsv.stem}", float(record["s"]), rss))
     lines = ["| job | s | peak RSS MB | over the 1.5 GB bound of Python jobs |", "|---|---|---|---|"]
     for job, seconds, rss in sorted(rows, key=lambda r: -(r[2] or 0)):
-        lines.append(f"| {job} | {seconds:.1f} | {_fmt(rss and rss / 1e6, '.0f')} | "
+        lines.append(f"| {job} | {seconds:.1f} | {cell(rss and rss / 1e6, '.0f')} | "
                      f"{'yes' if rss and rss > PYTHON_RSS_BOUND else ''} |")
     disk = run_dir / f"results/{model}/disk.json"
     if disk.exists():

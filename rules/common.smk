@@ -254,18 +254,16 @@ def auto_recipe_inputs(wildcards):
 
 
 @per_job
-def auto_objective(wildcards):
+def auto_objective(wildcards, input):
     """auto_recipe's objective option: the stock build's census, a bits-per-weight budget, a KLD
-    target, or the build a measured remedy raises from with its allowance."""
-    m, auto = wildcards.model, MODELS[wildcards.model].builds[wildcards.build].auto
+    target, or the types a measured remedy raises from (auto_recipe_inputs' census) with its
+    allowance."""
+    auto = MODELS[wildcards.model].builds[wildcards.build].auto
     ((key, value),) = auto["objective"].items()
     if key == "bytes_of":
-        return f"--bytes-of-census results/{m}/quant/{m}-{value}.census.json"
+        return f"--bytes-of-census {input.census}"
     if key == "raise_from":
-        return (
-            f"--raise-from {previous_types_path(m, wildcards.build)} --build-before {value}"
-            f" --allowance-pct {auto['allowance_pct']}"
-        )
+        return f"--raise-from {input.census} --build-before {value} --allowance-pct {auto['allowance_pct']}"
     return f"--{key.replace('_', '-')} {value}"
 
 

@@ -40,6 +40,11 @@ def save_tokenizer(corpus: str, dest: Path) -> None:
     tokenizer.save_pretrained(dest)
 
 
+TINY_SIZES = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "num_key_value_heads": 2, "max_position_embeddings": 512}
+"""The tiny models' sizes (``shape`` overrides them)."""
+
+
 def make_tiny_llama(dest: Path, corpus: str, seed: int = 0, shape: dict | None = None, dtype: str = "float32",
                     max_shard_size: str | None = None) -> Path:
     """Write config.json, model.safetensors and the tokenizer files of a 2-layer Llama into ``dest``;
@@ -52,8 +57,7 @@ def make_tiny_llama(dest: Path, corpus: str, seed: int = 0, shape: dict | None =
 
     save_tokenizer(corpus, dest)
     torch.manual_seed(seed)
-    sizes = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-             "num_key_value_heads": 2, "max_position_embeddings": 512, **(shape or {})}
+    sizes = {**TINY_SIZES, **(shape or {})}
     config = LlamaConfig(vocab_size=VOCAB, **sizes, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
                          torch_dtype=dtype)
     shards = {"max_shard_size": max_shard_size} if max_shard_size else {}
@@ -62,8 +66,9 @@ def make_tiny_llama(dest: Path, corpus: str, seed: int = 0, shape: dict | None =
 
 
 def make_tiny_mixtral(dest: Path, corpus: str, seed: int = 0, experts: int = 8, experts_used: int = 2,
-                      dead_experts: int = 2) -> Path:
-    """A 2-layer Mixtral (``experts`` experts per layer, top-``experts_used`` routing, hidden 64) with
+                      dead_experts: int = 2, shape: dict | None = None) -> Path:
+    """A 2-layer Mixtral (``experts`` experts per layer, top-``experts_used`` routing, hidden 64;
+    ``shape`` overrides its sizes: benchmarks/cost_scale.py makes a larger one) with
     the tiny Llama's tokenizer, in HF format: convert_hf_to_gguf.py takes it as it takes
     Mixtral-8x7B (arch ``llama`` with ``ffn_*_exps`` expert tensors). The last ``dead_experts`` experts
     of every layer are never routed to, whatever the text, as an expert a calibration text never
@@ -75,10 +80,9 @@ def make_tiny_mixtral(dest: Path, corpus: str, seed: int = 0, experts: int = 8, 
 
     save_tokenizer(corpus, dest)
     torch.manual_seed(seed)
-    config = MixtralConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                           num_local_experts=experts, num_experts_per_tok=experts_used, bos_token_id=1,
-                           eos_token_id=2, tie_word_embeddings=False, torch_dtype="float32")
+    sizes = {**TINY_SIZES, **(shape or {})}
+    config = MixtralConfig(vocab_size=VOCAB, **sizes, num_local_experts=experts, num_experts_per_tok=experts_used,
+                           bos_token_id=1, eos_token_id=2, tie_word_embeddings=False, torch_dtype="float32")
     model = MixtralForCausalLM(config)
     with torch.no_grad():
         model.model.embed_tokens.weight[:, 0] = 1.0
