@@ -63,7 +63,8 @@ rule chat_template:
         reference=parity_reference,
         sanity=CHAT_SANITY,
         verify=verify_options("gguf"),
+        gpu_layers=GPU_LAYERS,
     shell:
         "python -m workflow_scripts.chat_template --gguf {input.gguf} {params.reference} {params.verify}"
-        " {params.sanity} --stamp {input.stamp} --threads {threads} --server-log {log.server}"
+        " {params.sanity} --stamp {input.stamp} --threads {threads} {params.gpu_layers} --server-log {log.server}"
         " --out {output.report} > {log.main} 2>&1"

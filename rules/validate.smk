@@ -73,9 +73,10 @@ rule sanity_reference:
     params:
         settings=SANITY,
         verify=verify_options("gguf"),
+        gpu_layers=GPU_LAYERS,
     shell:
         "python -m workflow_scripts.sanity --stamp {input.stamp} --gguf {input.gguf} {params.verify}"
-        " --settings-json {params.settings:q} --threads {threads} --out {output} > {log} 2>&1"
+        " --settings-json {params.settings:q} --threads {threads} {params.gpu_layers} --out {output} > {log} 2>&1"
 
 
 rule sanity_quant:
@@ -93,10 +94,11 @@ rule sanity_quant:
     params:
         settings=SANITY,
         verify=verify_options("gguf"),
+        gpu_layers=GPU_LAYERS,
     shell:
         "python -m workflow_scripts.sanity --stamp {input.stamp} --gguf {input.gguf} {params.verify}"
-        " --reference {input.reference} --settings-json {params.settings:q} --threads {threads} --out {output}"
-        " > {log} 2>&1"
+        " --reference {input.reference} --settings-json {params.settings:q} --threads {threads}"
+        " {params.gpu_layers} --out {output} > {log} 2>&1"
 
 
 rule tensor_error:

@@ -95,18 +95,22 @@ def test_a_local_llama_cpp_tree_must_be_of_the_pinned_version(tmp_path):
 
 
 def _shell_commands(tmp_path, backend: str) -> dict[str, list[str]]:
-    """The dry run's imatrix, reference-logits and validation command lines for a toolchain
-    backend, as words."""
+    """The dry run's imatrix, reference-logits, validation, sanity and chat-template command lines
+    for a toolchain backend, as words."""
     workdir = tmp_path / backend
     workdir.mkdir()
     config = write_config(workdir, {"toolchain": {"backend": backend}})
     model = "results/smollm2-135m"
     proc = snakemake(workdir, config, "--dry-run", "--printshellcmds", f"{model}/imatrix/smollm2-135m.imatrix.gguf",
-                     f"{model}/validate/Q8_0.json")
+                     f"{model}/validate/Q8_0.json", f"{model}/validate/Q8_0.sanity.json",
+                     f"{model}/checks/chat_template.json")
     lines = [line.strip() for line in proc.stdout.splitlines()]
     return {tool: next(line for line in lines if re.search(pattern, line)).split() for tool, pattern in
             (("imatrix", r"llama-imatrix "), ("reference", r"workflow_scripts.validate reference "),
-             ("validate", r"workflow_scripts.validate quant "))}
+             ("validate", r"workflow_scripts.validate quant "),
+             ("sanity reference", r"workflow_scripts.sanity (?!.*--reference)"),
+             ("sanity", r"workflow_scripts.sanity .*--reference"),
+             ("chat template", r"workflow_scripts.chat_template "))}
 
 
 def _inserted(words: list[str], before: str, new: list[str]) -> list[str]:
@@ -121,3 +125,6 @@ def test_gpu_offload_reaches_the_command_lines_of_a_cuda_toolchain_only(tmp_path
     assert cuda["imatrix"] == cpu["imatrix"] + ["-ngl", "999", "-lv", "4"]
     assert cuda["reference"] == _inserted(cpu["reference"], "--verify", ["--gpu-layers", "999"])
     assert cuda["validate"] == _inserted(cpu["validate"], "--log", ["--gpu-layers", "999"])
+    for sanity in ("sanity reference", "sanity"):  # llama-cpp-python generates on the GPU too
+        assert cuda[sanity] == _inserted(cpu[sanity], "--out", ["--gpu-layers", "999"])
+    assert cuda["chat template"] == _inserted(cpu["chat template"], "--server-log", ["--gpu-layers", "999"])

@@ -112,9 +112,9 @@ def test_when_no_prompt_can_discriminate_the_report_warns():
                          "on all 2, so the sanity check proves little for this model.")
 
 
-def _sanity_run(stamp, gguf, settings: dict, out, reference=None) -> dict:
+def _sanity_run(stamp, gguf, settings: dict, out, reference=None, *extra: str) -> dict:
     cmd = [sys.executable, "-m", "workflow_scripts.sanity", "--stamp", str(stamp), "--gguf", str(gguf),
-           "--settings-json", json.dumps(settings), "--threads", "2", "--out", str(out)]
+           "--settings-json", json.dumps(settings), "--threads", "2", *extra, "--out", str(out)]
     subprocess.run(cmd + (["--reference", str(reference)] if reference else []), cwd=ROOT, check=True)
     return json.loads(out.read_text())
 
@@ -152,3 +152,18 @@ def test_a_real_looping_reference_and_its_quant_are_judged_by_comparison(tiny_ru
     for row, ref in zip(quant["prompts"], reference["prompts"]):
         assert row["reference_repetition_rate"] == ref["repetition_rate"]
         assert row["repetition_limit"] == max(LIMIT, round(ref["repetition_rate"] + MARGIN, 4))
+
+
+@pytest.mark.toolchain
+def test_gpu_layers_on_a_cpu_toolchain_generate_the_same_text(tiny_run, tmp_path):
+    """A CUDA toolchain's sanity jobs pass --gpu-layers to llama-cpp-python (test_gpu checks the
+    command lines); the option reaches the library, which on a CPU build has no GPU to put layers
+    on and generates exactly what the workflow's own run generated."""
+    model = tiny_run.workdir / "results" / "tiny"
+    today = json.loads((model / "validate" / "reference.sanity.json").read_text())
+    settings = {"prompts": [out["prompt"] for out in today["outputs"]], "max_tokens": max(row["tokens"] for row in today["prompts"]),
+                "max_repetition": today["max_repetition"], "repetition_margin": today["repetition_margin"]}
+    stamp = tiny_run.workdir / "results" / "toolchain" / "llama.cpp.json"
+    again = _sanity_run(stamp, model / "reference" / "tiny-F16.gguf", settings, tmp_path / "reference.sanity.json",
+                        None, "--gpu-layers", "999")
+    assert [out["tokens"] for out in again["outputs"]] == [out["tokens"] for out in today["outputs"]]

@@ -329,13 +329,15 @@ def end_of_turn_token(server: LlamaServer, vocab) -> int | None:
     return None
 
 
-def chat_generation(gguf: Path, prompt_ids: list[int], max_tokens: int, threads: int) -> dict[str, Any]:
-    """A greedy answer to the rendered prompt: its tokens and text, and the end-of-generation token it
-    stopped at (None when the budget ran out first)."""
+def chat_generation(gguf: Path, prompt_ids: list[int], max_tokens: int, threads: int,
+                    gpu_layers: int = 0) -> dict[str, Any]:
+    """A greedy answer to the rendered prompt, with ``gpu_layers`` layers on the GPU: its tokens and
+    text, and the end-of-generation token it stopped at (None when the budget ran out first)."""
     import llama_cpp
     from llama_cpp import Llama
 
-    llm = Llama(model_path=str(gguf), n_ctx=len(prompt_ids) + max_tokens + 8, n_threads=threads, seed=0, verbose=False)
+    llm = Llama(model_path=str(gguf), n_ctx=len(prompt_ids) + max_tokens + 8, n_threads=threads,
+                n_gpu_layers=gpu_layers, seed=0, verbose=False)
     vocab = llama_cpp.llama_model_get_vocab(llm.model)
     tokens, stop = [], None
     for token in llm.generate(prompt_ids, temp=0.0, top_k=1, reset=True):
@@ -348,12 +350,13 @@ def chat_generation(gguf: Path, prompt_ids: list[int], max_tokens: int, threads:
     return {"tokens": len(tokens), "text": llm.detokenize(tokens).decode("utf-8", errors="replace"), "stop_token": stop}
 
 
-def sanity_turn(server: LlamaServer, vocab, gguf: Path, max_tokens: int, threads: int) -> tuple[dict, list[str]]:
+def sanity_turn(server: LlamaServer, vocab, gguf: Path, max_tokens: int, threads: int,
+                gpu_layers: int = 0) -> tuple[dict, list[str]]:
     """The instruct sanity generation: it must end its turn with the template's end-of-turn token."""
     pieces = token_pieces(vocab)
     eot = end_of_turn_token(server, vocab)
     prompt_ids = llama_cpp_ids(vocab, server.apply_template(SANITY_TURN, None))
-    result = chat_generation(gguf, prompt_ids, max_tokens, threads)
+    result = chat_generation(gguf, prompt_ids, max_tokens, threads, gpu_layers)
     result.update(prompt=SANITY_TURN[-1]["content"], max_tokens=max_tokens, end_of_turn_token=eot,
                   end_of_turn_piece=pieces([eot])[0] if eot is not None else None)
     stop = result["stop_token"]
@@ -370,9 +373,11 @@ def sanity_turn(server: LlamaServer, vocab, gguf: Path, max_tokens: int, threads
     return result, reasons
 
 
-def check(stamp: Path, gguf: Path, hf: HFSide, max_tokens: int | None, threads: int, log: Path) -> dict[str, Any]:
+def check(stamp: Path, gguf: Path, hf: HFSide, max_tokens: int | None, threads: int, log: Path,
+          gpu_layers: int = 0) -> dict[str, Any]:
     """The chat-template record of a reference GGUF against its source (see the module docstring);
-    the sanity turn is run with a budget of ``max_tokens`` (None: not run). ``log``: llama-server's."""
+    the sanity turn is run with a budget of ``max_tokens`` (None: not run), on the GPU with
+    ``gpu_layers`` (llama-server only renders and tokenizes: it stays on the CPU). ``log``: llama-server's."""
     if not hf.templates:
         return {"verdict": "not applicable", "reasons": [], "why": "the source has no chat template"}
     in_gguf = gguf_templates(read_gguf_header(gguf).metadata)
@@ -388,7 +393,7 @@ def check(stamp: Path, gguf: Path, hf: HFSide, max_tokens: int | None, threads: 
             reasons += mismatches
             record["conversations"] = rows
             if max_tokens is not None:
-                sanity, problems = sanity_turn(server, vocab, gguf, max_tokens, threads)
+                sanity, problems = sanity_turn(server, vocab, gguf, max_tokens, threads, gpu_layers)
                 reasons += problems
                 record["sanity_turn"] = sanity
     except UserError as err:  # the server would not load the template: a finding about the model
@@ -406,6 +411,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stamp", type=Path, required=True)
     parser.add_argument("--sanity-max-tokens", type=int, help="token budget of the sanity turn (without it: no sanity turn)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--gpu-layers", type=int, default=0, help="layers the sanity turn offloads to the GPU")
     parser.add_argument("--verify", type=Path, action="append", default=[], help="check this file against its .sha256 first")
     parser.add_argument("--server-log", type=Path, required=True, help="llama-server's log")
     parser.add_argument("--out", type=Path, required=True)
@@ -415,7 +421,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ["LLAMA_CPP_LIB_PATH"] = json.loads(ns.stamp.read_text())["bin_dir"]
     started = time.monotonic()
     hf = HFSide.from_hf_dir(ns.hf_dir) if ns.hf_dir else HFSide.from_gguf(ns.reference_gguf)
-    record = check(ns.stamp, ns.gguf, hf, ns.sanity_max_tokens, ns.threads, ns.server_log)
+    record = check(ns.stamp, ns.gguf, hf, ns.sanity_max_tokens, ns.threads, ns.server_log, ns.gpu_layers)
     record["seconds"] = round(time.monotonic() - started, 1)
     atomic_write_text(ns.out, json.dumps(record, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
     print(f"{ns.gguf}: chat template {record['verdict']}" + "".join(f"\n  {r}" for r in record["reasons"]))

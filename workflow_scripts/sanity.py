@@ -40,14 +40,17 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return len(a) if position is None else position
 
 
-def generate(gguf: Path, prompts: Sequence[str], max_tokens: int, threads: int) -> list[dict[str, Any]]:
-    """Greedy continuations of each prompt (LLAMA_CPP_LIB_PATH must name the toolchain's bin)."""
+def generate(gguf: Path, prompts: Sequence[str], max_tokens: int, threads: int,
+             gpu_layers: int = 0) -> list[dict[str, Any]]:
+    """Greedy continuations of each prompt (LLAMA_CPP_LIB_PATH must name the toolchain's bin), with
+    ``gpu_layers`` layers on the GPU (a CUDA toolchain's: generating from a large reference on the CPU
+    reads the whole file per token, and a 70B F16 does not even fit a GPU host's RAM)."""
     from llama_cpp import Llama
 
     # room for the longest prompt (a token covers at least one byte; 8 for BOS and the like) and every
     # generated token: a fixed 512 made llama_decode fail for max_tokens near 512
     n_ctx = max(512, max_tokens + max(len(p.encode("utf-8")) for p in prompts) + 8)
-    llm = Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=threads, seed=0, verbose=False)
+    llm = Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=threads, n_gpu_layers=gpu_layers, seed=0, verbose=False)
     outputs = []
     for prompt in prompts:
         tokens = []
@@ -135,6 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--settings-json", required=True, help='{"prompts": [...], "max_tokens": N, "max_repetition": x, "repetition_margin": y}')
     parser.add_argument("--reference", type=Path, help="the reference's sanity output, to judge against (without it: this is the reference's run)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--gpu-layers", type=int, default=0, help="layers to offload to the GPU (a CUDA toolchain's)")
     parser.add_argument("--verify", type=Path, action="append", default=[], help="check this file against its .sha256 first")
     parser.add_argument("--out", type=Path, required=True)
     ns = parser.parse_args(argv)
@@ -142,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     for path in ns.verify:
         verify(path)
     os.environ["LLAMA_CPP_LIB_PATH"] = json.loads(ns.stamp.read_text())["bin_dir"]
-    outputs = generate(ns.gguf, settings["prompts"], settings["max_tokens"], ns.threads)
+    outputs = generate(ns.gguf, settings["prompts"], settings["max_tokens"], ns.threads, ns.gpu_layers)
     limits = settings["max_repetition"], settings["repetition_margin"]
     judged = (check(outputs, json.loads(ns.reference.read_text())["outputs"], *limits) if ns.reference
               else describe_reference(outputs, *limits))
