@@ -100,16 +100,12 @@ def test_full_disk_fails_cleanly_and_resumes(tiny_run, tiny_hf, tmp_path):
     """results/ on a 3 MiB tmpfs (the tiny run writes about 4 MB there), the disk check off: a job
     fails saying the disk is full, leaves no partial file, and after the file system grows the run
     resumes to the shared tiny run's bytes."""
+    from tests.small_fs import small_tmpfs
     from tests.workflow_run import scenario, snakemake
 
     config = scenario("tiny", tmp_path, tiny_hf)
     config.write_text(config.read_text() + "\ndisk_check: false\n")
-    results = tmp_path / "results"
-    results.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(results)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
+    with small_tmpfs(tmp_path / "results", "3m") as results:
         proc = snakemake(tmp_path, config, "--show-failed-logs", check=False)
         assert proc.returncode != 0
         assert "disk full (no space left on device)" in proc.stderr, proc.stderr[-4000:]
@@ -119,8 +115,6 @@ def test_full_disk_fails_cleanly_and_resumes(tiny_run, tiny_hf, tmp_path):
         snakemake(tmp_path, config)
         assert (results / "tiny" / "SHA256SUMS").read_text() == tiny_run.sha256sums
         assert not list(results.rglob("*.partial"))
-    finally:
-        subprocess.run(["umount", "-l", str(results)], check=False)
 
 
 def test_summary_line():

@@ -260,11 +260,18 @@ def test_shipped_builds_are_benchmarked_per_tier_and_recommended(demo):
     assert "## Per-tensor error" in card and f"| `{MODEL}-Q8_0.gguf` | 0.00" in card
 
 
-def test_a_package_file_is_reproduced_byte_for_byte(demo):
+def test_a_package_file_is_reproduced_byte_for_byte(demo, tmp_path):
+    """Rebuilt beside its reference, not in the temporary directory: here a 1 MiB file system
+    that the 105 MB quant would not fit."""
+    from tests.small_fs import small_tmpfs
+
     workdir, _, _ = demo
-    proc = subprocess.run([os.sys.executable, "-m", "workflow_scripts.verify_package", f"results/package/{MODEL}",
-                           "--reproduce", f"{MODEL}-Q4_K_M.gguf"], cwd=workdir, capture_output=True, text=True)
+    with small_tmpfs(tmp_path / "tmp", "1m") as tmp:
+        proc = subprocess.run([os.sys.executable, "-m", "workflow_scripts.verify_package", f"results/package/{MODEL}",
+                               "--reproduce", f"{MODEL}-Q4_K_M.gguf"], cwd=workdir, capture_output=True, text=True,
+                              env={**os.environ, "TMPDIR": str(tmp)})
     assert proc.returncode == 0 and "reproduced, sha256" in proc.stdout, proc.stderr
+    assert not list((workdir / "results" / MODEL / "reference").glob(".reproduce-*"))
 
 
 def test_a_file_over_the_size_limit_is_published_in_parts(demo, toolchain_bin):

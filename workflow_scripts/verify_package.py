@@ -104,7 +104,11 @@ def reproduce(directory: Path, name: str, stamp: Path) -> tuple[str, str]:
             raise UserError(f"{dep['name']}: input of {name} not found; run from the workflow's working directory")
         if sha256_file(dep["name"]) != dep["digest"]["sha256"]:
             raise UserError(f"{dep['name']}: sha256 differs from the one {name} was made from")
-    with tempfile.TemporaryDirectory(prefix="reproduce-") as tmp:
+    # Rebuilt beside the file it is made from (the reference: the workflow's results/, whose disk was
+    # planned), not in the system's temporary directory, often a small or memory-backed file system
+    # that a quant of a large model does not fit.
+    source = Path(entry["command"][entry["command"].index(name) - 1])
+    with tempfile.TemporaryDirectory(prefix=".reproduce-", dir=source.parent) as tmp:
         out = Path(tmp) / name
         command = [str(tool)] + [str(out) if a == name else a for a in entry["command"][1:]]
         proc = subprocess.run(command, capture_output=True, text=True)
