@@ -3,7 +3,9 @@
 ``model`` makes a Llama with random weights (speed does not depend on the weights' values, only on
 their shapes and types): ``--shape 1b`` (~1B parameters, one file) or ``--shape 8b`` (Llama-3.1-8B's
 shapes and its 128,256-row embedding, BF16 in 5 GB safetensors shards with an index, as the
-checkpoint comes); ``config`` writes the workflow config of one side (a CPU toolchain with a CPU
+checkpoint comes) or ``--shape moe`` (a Mixtral of the 1B's hidden size and layers with 8 experts
+of 2,816 columns, top-2 routing, two experts a layer never routed to: 2.4B parameters, 0.7B used
+per token); ``config`` writes the workflow config of one side (a CPU toolchain with a CPU
 tier, or a CUDA toolchain with a GPU tier); ``table`` reads the sides' results and prints them
 side by side: stage times from results/benchmarks/*.tsv, llama-bench tokens/s per file, VRAM
 measured against memory_fit's prediction, and the share of the GPU's memory bandwidth a generated
@@ -30,7 +32,11 @@ SHAPE_8B = {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers"
 VOCAB_8B = 128256
 SHARD_BYTES = 5 * 10**9
 RUNS = {"1b": {"model": "rand1b", "quants": ["Q8_0", "Q4_K_M"]},
-        "8b": {"model": "rand8b", "quants": ["Q8_0", "Q4_K_M", "IQ4_XS"]}}
+        "8b": {"model": "rand8b", "quants": ["Q8_0", "Q4_K_M", "IQ4_XS"]},
+        "moe": {"model": "randmoe", "quants": ["Q8_0", "Q4_K_M", "IQ4_XS"]}}
+WHOLE_RUNS = ("8b", "moe")
+"""Runs of the whole workflow (package included), not only the stages compared with the CPU."""
+MOE_EXPERTS, MOE_EXPERT_COLUMNS = 8, 2816
 PYTHON_RSS_BOUND = 1.5e9
 """Bytes: the peak RSS every job written in Python must stay under, whatever the model's size."""
 TIERS = {
@@ -77,6 +83,18 @@ def llama_tensor_shapes(shape: dict, vocab: int) -> dict[str, tuple[int, ...]]:
     return tensors | {"model.norm.weight": (hidden,), "lm_head.weight": (vocab, hidden)}
 
 
+def make_model_moe(dest: Path, layers: int, hidden: int) -> None:
+    """A random Mixtral (tests/tiny_model.py's, with its two never-routed experts a layer, so the
+    imatrix's expert coverage has something to find) of ``layers`` layers of width ``hidden``,
+    8 experts of 2,816 columns at width 2,048 (scaled with it), top-2 routing."""
+    from tests.tiny_model import make_tiny_mixtral
+
+    make_tiny_mixtral(dest, corpus(), experts=MOE_EXPERTS, shape={
+        "hidden_size": hidden, "intermediate_size": MOE_EXPERT_COLUMNS * hidden // SHAPE_1B["hidden_size"],
+        "num_hidden_layers": layers, "num_attention_heads": hidden // 64, "num_key_value_heads": hidden // 256,
+        "max_position_embeddings": SHAPE_1B["max_position_embeddings"]})
+
+
 def make_model_8b(dest: Path, shape: dict = SHAPE_8B, vocab: int = VOCAB_8B) -> None:
     """A BF16 Llama of ``shape`` written shard by shard (a whole 8B model never sits in memory):
     matrices N(0, 0.02) as transformers initialises them, norms 1; drawn on the GPU when there is
@@ -121,13 +139,14 @@ def make_model_8b(dest: Path, shape: dict = SHAPE_8B, vocab: int = VOCAB_8B) -> 
 
 def workflow_config(backend: str, model_dir: Path, run: str = "1b") -> dict:
     """Few quants and chunks, so the CPU side ends in minutes; the same work on both sides. The 8B
-    run is the whole workflow (package included) with gates opened and no fallback: the weights are
-    random, so their quality figures decide nothing, and every build is measured and packaged."""
+    and MoE runs are the whole workflow (package included) with gates opened and no fallback: the
+    weights are random, so their quality figures decide nothing, and every build is measured and
+    packaged."""
     model, quants = RUNS[run]["model"], RUNS[run]["quants"]
     opened = {"max_delta_ppl_pct": 10000, "max_mean_kld": 100, "min_same_top_pct": 0, "min_size_reduction_pct": 0,
               "min_tg_speedup": 0}
     whole = {"gates": {"default": opened, "per_quant": dict.fromkeys(quants, opened)},
-             "fallback": {"remedies": []}} if run == "8b" else {}
+             "fallback": {"remedies": []}} if run in WHOLE_RUNS else {}
     return {
         **whole,
         "toolchain": {"backend": backend},
@@ -142,8 +161,8 @@ def workflow_config(backend: str, model_dir: Path, run: str = "1b") -> dict:
 
 def targets(backend: str, run: str = "1b") -> list[str]:
     """What the comparison reads: the imatrix, each quant's KL-divergence run, each file's speed;
-    for the 8B run, the whole workflow (the default target)."""
-    if run == "8b":
+    for the 8B and MoE runs, the whole workflow (the default target)."""
+    if run in WHOLE_RUNS:
         return []
     tier, model, quants = TIERS[backend]["name"], RUNS[run]["model"], RUNS[run]["quants"]
     return ([f"results/{model}/imatrix/{model}.imatrix.gguf"]
@@ -256,6 +275,8 @@ def main(argv: list[str] | None = None) -> None:
     if ns.command == "model":
         if ns.shape == "8b":
             make_model_8b(ns.dest)
+        elif ns.shape == "moe":
+            make_model_moe(ns.dest, ns.layers, ns.hidden)
         else:
             make_model_1b(ns.dest, ns.layers, ns.hidden)
     elif ns.command == "config":

@@ -4,6 +4,8 @@
 # SHAPE=1b (default): a ~1B Llama, imatrix, Q8_0 and Q4_K_M validated and benchmarked.
 # SHAPE=8b: Llama-3.1-8B's shapes from BF16 safetensors shards, the whole workflow (package too) with
 # Q8_0, Q4_K_M and IQ4_XS; run it with SIDES "cuda" (the CPU side would take hours).
+# SHAPE=moe: a random Mixtral (8 experts, top 2, 2.4B parameters, 0.7B a token; float32 shards,
+# 9.6 GB), the whole workflow like 8b; the validation report and card show its expert coverage.
 # The host needs CUDA, CMake, Python 3.12 with torch, and no internet: everything else comes from
 # the offline bundle made beforehand with `scripts/offline-bundle.sh .bundle` on a connected host.
 # Usage: benchmarks/gpu_measure.sh [SIDES]   SIDES: "cuda cpu" (default), "cuda" or "cpu"
