@@ -112,6 +112,7 @@ rule tensor_error:
         "results/logs/tensor_error/{model}-{build}.log",
     benchmark:
         "results/benchmarks/tensor_error/{model}-{build}.tsv"
+    threads: 4
     resources:
         mem_mb=mem_mb(1.0, 1000),
         runtime=60,
@@ -119,7 +120,7 @@ rule tensor_error:
         verify=verify_options("quant", "gguf"),
     shell:
         "python -m workflow_scripts.tensor_error --gguf {input.quant} --reference {input.gguf} {params.verify}"
-        " --worst 10 --out {output} > {log} 2>&1"
+        " --worst 10 --threads {threads} --out {output} > {log} 2>&1"
 
 
 # A checkpoint: whether a build passed decides whether its next remedy is built (see fallback_chain()).

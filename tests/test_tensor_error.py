@@ -61,6 +61,8 @@ def test_error_ranks_quants_and_tensors(quants):
     assert len(q3["worst"]) == 5 and [w["rel_rms"] for w in q3["worst"]] == sorted((w["rel_rms"] for w in q3["worst"]), reverse=True)
     assert q3["worst"][0]["rel_rms"] >= q3["by_role"][role(q3["worst"][0]["name"])]["mean_rel_rms"]
     assert sum(t["tensors"] for t in q8["by_type"].values()) == 211  # 272 less the 61 F32 norms left as they were
+    # Tensors compared several at a time: the same figures, in the same (file) order.
+    assert tensor_errors(quants["Q4_K_M"], quants["F16"], threads=3) == tensor_errors(quants["Q4_K_M"], quants["F16"])
 
 
 def _write(path: Path, name: str, data: np.ndarray, qtype) -> None:

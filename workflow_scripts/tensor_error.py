@@ -75,13 +75,18 @@ def dequantized_blocks(quant_header: GGUFHeader, tensor: TensorEntry, ref_header
         yield dequantize(q_rows, tensor.type).astype(np.float64), dequantize(r_rows, base.type).astype(np.float64)
 
 
-def tensor_errors(quant: Path, reference: Path) -> list[dict[str, Any]]:
-    """Relative RMS and max absolute error of every quantized tensor of ``quant`` against ``reference``."""
+def tensor_errors(quant: Path, reference: Path, threads: int = 1) -> list[dict[str, Any]]:
+    """Relative RMS and max absolute error of every quantized tensor of ``quant`` against
+    ``reference``, in file order; ``threads`` tensors at a time (numpy works outside Python's lock
+    on arrays this large), so memory is one block of rows per thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from workflow_scripts.gguf_header import read_gguf_header
 
     quant_header, ref_header = read_gguf_header(quant), read_gguf_header(reference)
-    found = []
-    for tensor, base in quantized_tensors(quant_header, ref_header):
+
+    def error(pair: tuple[TensorEntry, TensorEntry]) -> dict[str, Any]:
+        tensor, base = pair
         err2 = ref2 = max_abs = 0.0
         for got, want in dequantized_blocks(quant_header, tensor, ref_header, base):
             diff = (got - want).ravel()
@@ -89,9 +94,12 @@ def tensor_errors(quant: Path, reference: Path) -> list[dict[str, Any]]:
             err2 += float(diff @ diff)
             ref2 += float(want @ want)
             max_abs = max(max_abs, float(np.abs(diff).max()))
-        found.append({"name": tensor.name, "type": tensor.type.name, "n_elements": tensor.n_elements,
-                      "rel_rms": (err2 / ref2) ** 0.5 if ref2 else 0.0, "max_abs": max_abs})
-    return found
+        return {"name": tensor.name, "type": tensor.type.name, "n_elements": tensor.n_elements,
+                "rel_rms": (err2 / ref2) ** 0.5 if ref2 else 0.0, "max_abs": max_abs}
+
+    pairs = list(quantized_tensors(quant_header, ref_header))  # refused before any work when one is odd
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        return list(pool.map(error, pairs))
 
 
 def role(name: str) -> str:
@@ -125,11 +133,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reference", type=Path, required=True)
     parser.add_argument("--verify", type=Path, action="append", default=[], help="check this file against its .sha256 first")
     parser.add_argument("--worst", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=1, help="tensors compared at a time")
     parser.add_argument("--out", type=Path, required=True)
     ns = parser.parse_args(argv)
     for path in ns.verify:
         verify(path)
-    errors = tensor_errors(ns.gguf, ns.reference)
+    errors = tensor_errors(ns.gguf, ns.reference, ns.threads)
     result = {"quant_file": ns.gguf.name, "reference_file": ns.reference.name, "summary": summarize(errors, ns.worst),
               "tensors": errors}
     atomic_write_text(ns.out, json.dumps(result, indent=2) + "\n")
