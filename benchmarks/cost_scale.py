@@ -29,13 +29,15 @@ import csv
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
-from benchmarks.gpu_measure import SHAPE_8B, VOCAB_8B, cell, corpus, llama_tensor_shapes, make_model_1b
+from benchmarks.gpu_measure import (SHAPE_8B, VOCAB_8B, cell, corpus, llama_tensor_shapes, make_model_1b,
+                                    make_sparse_checkpoint)
 from tests.tiny_model import make_tiny_mixtral
 from workflow_scripts.gguf_header import read_gguf_header
 
@@ -189,23 +191,29 @@ def table(work: Path, sizes: list[str]) -> str:
               f"{used['used_bytes'] * TARGET_PARAMETERS / big_p / 1e9:.0f} GB. "
               f"70B on this host, all jobs one after another: {total70 / 3600:.1f} h.", "",
               f"Llama-3.1-70B's shapes ({sum(math.prod(d) for d in llama_tensor_shapes(SHAPE_70B, VOCAB_8B).values()) / 1e9:.1f}B "
-              "parameters) by the disk plan's arithmetic: " + ", ".join(disk_on_paper(SHAPE_70B, VOCAB_8B, 4, 512)) + "."]
+              "parameters), this config, as the workflow plans it: " + ", ".join(disk_planned(SHAPE_70B, VOCAB_8B)) + "."]
     return "\n".join(lines) + "\n"
 
 
-def disk_on_paper(shape: dict, vocab: int, chunks: int, ctx: int) -> list[str]:
-    """Each file of a run on a model of these shapes by the disk plan's own arithmetic (the one the
-    workflow refuses to start with), and the BF16 shards the source itself takes."""
-    from workflow_scripts.disk_plan import (Shape, Tensor, build_bytes, imatrix_bytes, logits_bytes,
-                                            reference_bytes)
+def disk_planned(shape: dict, vocab: int) -> list[str]:
+    """The disk the workflow plans (before any job) for this config on a checkpoint of these shapes:
+    build_plan on a sparse one (real headers, holes for data), per file, and the shards' own size."""
+    import tempfile
 
-    tensors = tuple(Tensor(name, math.prod(dims), dims[-1], len(dims) == 2)
-                    for name, dims in llama_tensor_shapes(shape, vocab).items())
-    plan = Shape(tensors, vocab, 0)
-    files = {"source (BF16 shards)": sum(2 * t.n_elements for t in tensors), "reference F16": reference_bytes(plan),
-             **{quant: build_bytes(plan, quant, {}) for quant in QUANTS}, "imatrix": imatrix_bytes(plan),
-             f"reference logits ({chunks} × {ctx})": logits_bytes(vocab, chunks, ctx)}
-    return [f"{name} {size / 1e9:.1f} GB" for name, size in files.items()] + [f"total {sum(files.values()) / 1e9:.0f} GB"]
+    from tests.tiny_model import save_tokenizer
+    from workflow_scripts.config import build_plan
+
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        save_tokenizer(corpus(), base / "tokenizer")
+        weights = make_sparse_checkpoint(base / "model", base / "tokenizer", shape, vocab)
+        shutil.copytree(ROOT / "config" / "data", base / "config" / "data")
+        run = config("model", base / "model", 2)
+        need = build_plan(run, "cost_scale", base=base, free_bytes=10**15).disk["model"]
+    files = [f"{'package, ' + path.split('#')[1] if '#' in path else path.split('/', 2)[-1]} {size / 1e9:.1f} GB"
+             for path, size in need.files.items() if size >= 1e8]
+    return files + [f"together {sum(need.files.values()) / 1e9:.0f} GB under results/, "
+                    f"{(sum(need.files.values()) + weights) / 1e9:.0f} GB with the source's {weights / 1e9:.0f} GB of shards"]
 
 
 def main(argv: list[str] | None = None) -> None:

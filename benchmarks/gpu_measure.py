@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
+import shutil
 from pathlib import Path
 
 from workflow_scripts.llama_tools import parse_bench_json
@@ -135,6 +137,40 @@ def make_model_8b(dest: Path, shape: dict = SHAPE_8B, vocab: int = VOCAB_8B) -> 
     total = sum(2 * int(torch.tensor(d).prod()) for d in tensors.values())
     (dest / "model.safetensors.index.json").write_text(
         json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n")
+
+
+def make_sparse_checkpoint(dest: Path, tokenizer_from: Path, shape: dict, vocab: int, shard_bytes: int = 5 * 10**9) -> int:
+    """An HF checkpoint of ``shape`` as BF16 safetensors shards whose headers are real and whose data
+    are holes (sparse files: a 70B checkpoint in a few KB of disk), the tokenizer files of
+    ``tokenizer_from``; returns the weights' bytes."""
+    dest.mkdir(parents=True)
+    for name in ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(tokenizer_from / name, dest / name)
+    (dest / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+                                                  "vocab_size": vocab, "torch_dtype": "bfloat16", **shape}))
+    shards: list[dict] = [{}]
+    for name, dims in llama_tensor_shapes(shape, vocab).items():
+        size = 2 * math.prod(dims)
+        if shards[-1] and sum(e["bytes"] for e in shards[-1].values()) + size > shard_bytes:
+            shards.append({})
+        shards[-1][name] = {"dims": list(dims), "bytes": size}
+    weight_map, total = {}, 0
+    for number, tensors in enumerate(shards, 1):
+        file = f"model-{number:05d}-of-{len(shards):05d}.safetensors"
+        header, offset = {}, 0
+        for name, entry in tensors.items():
+            header[name] = {"dtype": "BF16", "shape": entry["dims"], "data_offsets": [offset, offset + entry["bytes"]]}
+            offset += entry["bytes"]
+            weight_map[name] = file
+        raw = json.dumps(header).encode()
+        raw += b" " * (-len(raw) % 8)
+        with open(dest / file, "wb") as handle:
+            handle.write(len(raw).to_bytes(8, "little") + raw)
+            handle.truncate(8 + len(raw) + offset)
+        total += offset
+    (dest / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total},
+                                                                     "weight_map": weight_map}))
+    return total
 
 
 def workflow_config(backend: str, model_dir: Path, run: str = "1b") -> dict:

@@ -151,3 +151,26 @@ def test_auto_builds_are_predicted_by_their_objective(demo):
     plain = build_plan(dict(demo[0]), "c.yaml", base=base, free_bytes=10**13)
     assert plain.models["smollm2-135m"].auto_menu  # the default remedy is measured
     assert not [f for f in plain.disk["smollm2-135m"].files if "/auto/" in f]
+
+
+def test_a_70b_checkpoint_is_refused_on_a_64_gib_disk_before_any_job(tmp_path, tiny_hf):
+    """Llama-3.1-70B's shapes (sparse shards): the need is predicted from the shards' headers at plan
+    time and the run refused on the single-GPU H200 host's 64 GiB, naming the model, the need and
+    the free space; with 1 TB free it plans."""
+    from benchmarks.cost_scale import SHAPE_70B
+    from benchmarks.gpu_measure import VOCAB_8B, make_sparse_checkpoint
+
+    weights = make_sparse_checkpoint(tmp_path / "llama-70b", tiny_hf, SHAPE_70B, VOCAB_8B)
+    assert 141e9 < weights < 141.2e9 and sum(p.stat().st_blocks for p in (tmp_path / "llama-70b").iterdir()) * 512 < 1e7
+    shutil.copytree(ROOT / "config" / "data", tmp_path / "config" / "data")
+    config = {"models": [{"name": "llama70b", "source": {"type": "local", "path": "llama-70b"}}],
+              "quants": ["Q8_0", "Q4_K_M", "IQ4_XS"]}
+    with pytest.raises(UserError) as err:
+        build_plan(json.loads(json.dumps(config)), "c.yaml", base=tmp_path, free_bytes=64 << 30)
+    message = str(err.value)
+    assert "llama70b: " in message and "the file system has 64.00 GiB free" in message, message
+    need = build_plan(json.loads(json.dumps(config)), "c.yaml", base=tmp_path, free_bytes=10**12).disk["llama70b"]
+    files = {path.rsplit("/", 1)[-1]: size for path, size in need.files.items()}
+    # the F16 reference: 2 bytes a matrix weight, 4 a norm weight, plus the header (tokenizer files)
+    assert weights < files["llama70b-F16.gguf"] < weights + 10**7
+    assert sum(need.files.values()) > 290e9, {name: f"{size / 1e9:.1f} GB" for name, size in files.items()}
