@@ -398,8 +398,16 @@ def model_speeds(wildcards):
 @per_job
 def speed_gguf(wildcards):
     m, name = wildcards.model, wildcards.build
-    gguf = REFERENCE_GGUF.format(model=m) if name == REFERENCE else quant_path(m, name)
-    return {"gguf": gguf, "sha": f"{gguf}.sha256"}
+    reference = REFERENCE_GGUF.format(model=m)
+    gguf = reference if name == REFERENCE else quant_path(m, name)
+    # A quant's speed-up is measured against the reference benchmarked in the same run.
+    paired = [] if name == REFERENCE else [reference]
+    return {
+        "gguf": gguf,
+        "sha": f"{gguf}.sha256",
+        "paired": paired,
+        "paired_sha": [f"{p}.sha256" for p in paired],
+    }
 
 
 @per_job

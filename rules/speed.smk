@@ -27,9 +27,10 @@ rule speed:
     params:
         tier=speed_tier,
         settings=SPEED_SETTINGS,
-        verify=verify_options("gguf"),
+        verify=verify_options("gguf", "paired"),
     shell:
-        "python -m workflow_scripts.speed --stamp {input.stamp} --gguf {input.gguf} {params.verify}"
+        "python -m workflow_scripts.speed --stamp {input.stamp} --gguf {input.gguf} --reference-gguf {input.paired}"
+        " {params.verify}"
         " --tier-json {params.tier:q} --settings-json {params.settings:q} --log {log} --out {output}"
 
 

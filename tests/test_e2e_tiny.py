@@ -39,6 +39,22 @@ def test_per_quant_overrides_reach_the_file(tiny_run):
     assert {o["tensor"] for o in census["overrides"]} == {"blk.0.attn_v.weight", "blk.1.attn_v.weight", "token_embd.weight"}
 
 
+def test_a_quants_speed_up_is_taken_against_the_reference_measured_in_the_same_run(tiny_run):
+    model = tiny_run.workdir / "results" / "tiny"
+    report = json.loads((model / "speed_report.json").read_text())
+    rows = [(build, tier, row) for build, figures in report["builds"].items() for tier, row in figures["tiers"].items()
+            if row["measured"]]
+    assert rows
+    for build, tier, row in rows:
+        record = json.loads((model / "speed" / tier / f"{build}.json").read_text())
+        paired, own = record["reference_llama_bench"], record["llama_bench"]
+        assert paired["file"] == "tiny-F16.gguf" and paired["model_size"] > own["model_size"]
+        assert (paired["threads"], paired["tg"]["tokens"]) == (own["threads"], own["tg"]["tokens"])
+        assert row["speedup_against"] == "reference_in_same_run" and row["reference_tg_tps"] == paired["tg"]["tokens_per_s"]
+        assert row["tg_speedup"] == round(own["tg"]["tokens_per_s"] / paired["tg"]["tokens_per_s"], 3)
+        assert "reference_llama_bench" not in json.loads((model / "speed" / tier / "F16.json").read_text())
+
+
 def test_a_changed_source_file_is_noticed(tiny_run, tmp_path):
     """Editing a source weight file re-runs the source step and everything after it."""
     from tests.dag import planned_jobs

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from workflow_scripts.llama_tools import parse_bench_json
+from workflow_scripts.llama_tools import parse_bench_json, parse_bench_json_per_model
 from workflow_scripts.memory_fit import fits, model_shape, predict
 from workflow_scripts.recommend import DEFAULT_TIE_FLOOR_PCT, main, speed_report
 
@@ -25,6 +25,17 @@ def test_parse_llama_bench_json():
         parse_bench_json('[{"n_prompt": 64, "n_gen": 0, "avg_ts": 1, "stddev_ts": 0, "samples_ts": [1]}]')
     with pytest.raises(ValueError, match="not JSON"):
         parse_bench_json("main: error: failed to load model")
+
+
+def test_a_run_over_two_files_gives_each_its_own_record():
+    runs = json.loads((FIXTURES / "smollm2-135m-Q8_0-cpu.json").read_text())
+    reference = [{**run, "model_filename": "ref.gguf", "avg_ts": run["avg_ts"] / 2} for run in runs]
+    records = parse_bench_json_per_model(json.dumps(reference + runs))
+    assert list(records) == ["ref.gguf", "results/smollm2-135m/quant/smollm2-135m-Q8_0.gguf"]
+    assert records["ref.gguf"]["pp"]["tokens_per_s"] == pytest.approx(107.251184 / 2)
+    assert records["results/smollm2-135m/quant/smollm2-135m-Q8_0.gguf"]["pp"]["tokens_per_s"] == pytest.approx(107.251184)
+    with pytest.raises(ValueError, match="holds no test"):
+        parse_bench_json_per_model("[]")
 
 
 SHAPE = {"layers": 30, "kv_heads": 3, "key_length": 64, "value_length": 64, "vocab": 49152, "tensor_bytes": 100_000_000}
@@ -132,6 +143,22 @@ def test_noise_does_not_fail_the_speed_gate():
         benches[("Q8_0", tier)]["llama_bench"]["tg"]["stddev"] = 0.5  # 9.8 ± 0.5 vs 10 ± 0.1: within noise
     report = speed_report("m", _validation(Q8_0=0.004), benches, "F16", TIERS)
     assert report["builds"]["Q8_0"]["verdict"] == "passed" and report["builds"]["Q8_0"]["tiers"]["big"]["tg_speedup"] == 0.98
+
+
+def test_the_speed_up_is_taken_against_the_reference_measured_in_the_same_run():
+    """The reference's own job ran minutes apart (here on a busier host: 6 tokens/s); the quant's job
+    measured the reference just before it at 10: the speed-up is 9/10, and the gate fails it."""
+    rows = {**ROWS, "F16": (1000, 6.0, 9.0), "Q8_0": (530, 9.0, 1.5)}
+    benches = _benches(rows)
+    for tier in ("small", "big", "fast"):
+        benches[("Q8_0", tier)]["reference_llama_bench"] = {"file": "m-F16.gguf", "pp": {"tokens_per_s": 100.0, "stddev": 1.0},
+                                                            "tg": {"tokens_per_s": 10.0, "stddev": 0.1}}
+    report = speed_report("m", _validation(Q8_0=0.004, Q4_K_M=0.04), benches, "F16", TIERS)
+    small = report["builds"]["Q8_0"]["tiers"]["small"]
+    assert (small["tg_speedup"], small["reference_tg_tps"], small["speedup_against"]) == (0.9, 10.0, "reference_in_same_run")
+    assert small["pp_speedup"] == 0.9 and report["ships"]["Q8_0"] is None
+    assert report["builds"]["Q4_K_M"]["tiers"]["small"]["speedup_against"] == "reference_job"  # none in its record
+    assert report["builds"]["Q4_K_M"]["tiers"]["small"]["tg_speedup"] == 5.0  # 30 / 6
 
 
 # Speeds within the measurement noise are a tie, broken by the lower mean KLD, then the smaller file.

@@ -193,12 +193,30 @@ def per_chunk_figures(text: str, n_chunks: int, ctx: int) -> dict[str, list[floa
 def parse_bench_json(text: str) -> dict:
     """``llama-bench -o json``: the prompt-processing and generation tests as {"pp": ..., "tg": ...}
     with tokens, mean and standard deviation of tokens/s, plus what the tool says of the model and build."""
+    return _bench_record(_bench_runs(text))
+
+
+def parse_bench_json_per_model(text: str) -> dict[str, dict]:
+    """``llama-bench -o json`` of several ``-m`` files: each file's record as parse_bench_json gives
+    it, keyed by the file name the tool was given."""
+    runs = _bench_runs(text)
+    names = list(dict.fromkeys(run["model_filename"] for run in runs))
+    return {name: _bench_record([run for run in runs if run["model_filename"] == name]) for name in names}
+
+
+def _bench_runs(text: str) -> list[dict]:
     import json
 
     try:
         runs = json.loads(text)
     except json.JSONDecodeError as err:
         raise ValueError(f"llama-bench output is not JSON ({err})") from None
+    if not isinstance(runs, list) or not runs:
+        raise ValueError("llama-bench output holds no test")
+    return runs
+
+
+def _bench_record(runs: list[dict]) -> dict:
     tests = {}
     for run in runs:
         kind = "pp" if run["n_prompt"] and not run["n_gen"] else "tg" if run["n_gen"] and not run["n_prompt"] else None

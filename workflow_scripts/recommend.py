@@ -42,11 +42,14 @@ def tier_figures(bench: dict, reference: dict, tier: dict) -> dict[str, Any]:
                            "predicted_ram_bytes": bench["memory"]["ram_bytes"], "predicted_vram_bytes": bench["memory"]["vram_bytes"]}
     if not bench["measured"]:
         return {**row, "reason": bench["reason"]}
-    lb, ref = bench["llama_bench"], reference["llama_bench"]
+    # The reference measured in the same llama-bench run where there is one (a quant's job), else its own job.
+    lb, ref = bench["llama_bench"], bench.get("reference_llama_bench", reference["llama_bench"])
     spread, ref_spread = lb["tg"]["stddev"] or 0.0, ref["tg"]["stddev"] or 0.0  # None: not given, taken as 0
     return {**row, "threads": bench["threads"], "notes": bench["notes"],
             "pp_tps": lb["pp"]["tokens_per_s"], "pp_stddev": lb["pp"]["stddev"],
             "tg_tps": lb["tg"]["tokens_per_s"], "tg_stddev": lb["tg"]["stddev"],
+            "reference_tg_tps": ref["tg"]["tokens_per_s"],
+            "speedup_against": "reference_in_same_run" if "reference_llama_bench" in bench else "reference_job",
             "pp_speedup": round(lb["pp"]["tokens_per_s"] / ref["pp"]["tokens_per_s"], 3),
             "tg_speedup": round(lb["tg"]["tokens_per_s"] / ref["tg"]["tokens_per_s"], 3),
             # The most the speed-up could be within one standard deviation of both measurements.

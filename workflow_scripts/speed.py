@@ -1,7 +1,8 @@
 """Speed and memory of one GGUF on one hardware tier, measured on this host and labelled with it.
 
 ``llama-bench -o json`` gives prompt-processing and generation tokens/s (mean ± stddev over the
-repetitions); a child process running llama-cpp-python on the toolchain's library gives model load
+repetitions), of the reference too when it is given, in the same run just before the file, so that
+the speed-up is a ratio of two figures taken side by side; a child process running llama-cpp-python on the toolchain's library gives model load
 time, time to first token and the end-to-end latency of the reference task, and the kernel's
 peak resident memory of that child. A GPU tier on a host without a GPU (or with a CPU-only
 toolchain) is recorded as not measured, with the reason: never estimated, never faked. A tier
@@ -27,7 +28,7 @@ from workflow_scripts.atomic import atomic_write_text
 from workflow_scripts.checksums import verify
 from workflow_scripts.errors import UserError, run_cli
 from workflow_scripts.gpu import host_gpus, process_memory_bytes, used_memory_bytes
-from workflow_scripts.llama_tools import parse_bench_json
+from workflow_scripts.llama_tools import parse_bench_json_per_model
 from workflow_scripts.memory_fit import model_shape, predict
 from workflow_scripts.provenance import host_info
 from workflow_scripts.tool_step import failure, run_logged, tool_path
@@ -44,19 +45,24 @@ def unmeasurable(tier: dict, stamp: dict, gpus: list[str]) -> str | None:
     return None
 
 
-def run_llama_bench(stamp: Path, gguf: Path, tier: dict, threads: int, settings: dict, log: Path) -> dict[str, Any]:
+def run_llama_bench(stamp: Path, ggufs: list[Path], tier: dict, threads: int, settings: dict, log: Path) -> dict[str, dict]:
+    """One llama-bench run over the files, one after the other: each file's record, keyed by its path."""
     out = log.with_suffix(".json")
-    cmd = [str(tool_path(stamp, "llama-bench")), "-m", str(gguf), "-o", "json", "-t", str(threads),
-           "-ngl", str(tier["gpu_layers"]), "-p", str(settings["pp_tokens"]), "-n", str(settings["tg_tokens"]),
-           "-r", str(settings["repetitions"])]
+    cmd = [str(tool_path(stamp, "llama-bench")), *(arg for gguf in ggufs for arg in ("-m", str(gguf))), "-o", "json",
+           "-t", str(threads), "-ngl", str(tier["gpu_layers"]), "-p", str(settings["pp_tokens"]),
+           "-n", str(settings["tg_tokens"]), "-r", str(settings["repetitions"])]
+    what = " and ".join(map(str, ggufs))
     with open(out, "w") as stdout, open(log, "w") as stderr:
         proc = subprocess.run(cmd, stdout=stdout, stderr=stderr)
     if proc.returncode != 0:
-        run_logged(cmd, log, "llama-bench", f"the speed of {gguf}")  # re-run for its logged error with the tail
+        run_logged(cmd, log, "llama-bench", f"the speed of {what}")  # re-run for its logged error with the tail
     try:
-        return parse_bench_json(out.read_text())
+        records = parse_bench_json_per_model(out.read_text())
     except ValueError as err:
         raise UserError(f"{out}: {err}") from None
+    if set(records) != {str(gguf) for gguf in ggufs}:
+        raise UserError(f"{out}: llama-bench measured {sorted(records)}, not {what}")
+    return records
 
 
 def run_task(stamp: dict, gguf: Path, tier: dict, threads: int, settings: dict) -> dict[str, Any]:
@@ -129,7 +135,8 @@ def vram_check(prediction: dict[str, Any], measured: dict[str, Any]) -> dict[str
             "measured_over_predicted": round(measured["bytes"] / predicted, 3) if predicted else None}
 
 
-def measure(stamp_path: Path, gguf: Path, tier: dict, settings: dict, log: Path) -> dict[str, Any]:
+def measure(stamp_path: Path, gguf: Path, tier: dict, settings: dict, log: Path,
+            reference: Path | None = None) -> dict[str, Any]:
     stamp = json.loads(stamp_path.read_text())
     prediction = predict(model_shape(gguf), tier["ctx"], tier["gpu_layers"])
     gpus = host_gpus()
@@ -139,11 +146,15 @@ def measure(stamp_path: Path, gguf: Path, tier: dict, settings: dict, log: Path)
     if reason:
         return {**result, "measured": False, "reason": reason}
     threads = min(tier["threads"], os.cpu_count() or 1)
-    bench = run_llama_bench(stamp_path, gguf, tier, threads, settings, log)
+    benches = run_llama_bench(stamp_path, [reference, gguf] if reference else [gguf], tier, threads, settings, log)
+    # The reference measured in the same run, just before: its speed-up is not swayed by how busy the
+    # host was minutes apart, when the reference's own job ran (seen: 0.91x in one run, 1.37x in another).
+    paired = {"reference_llama_bench": {"file": reference.name, **benches[str(reference)]}} if reference else {}
     answer = run_task(stamp, gguf, tier, threads, settings)
     notes = [f"tier asks for {tier['threads']} threads, host has {threads} cores"] if threads < tier["threads"] else []
     vram = {"vram": vram_check(prediction, answer["vram"])} if "vram" in answer else {}
-    return {**result, "measured": True, "threads": threads, "notes": notes, "llama_bench": bench, "task": answer, **vram}
+    return {**result, "measured": True, "threads": threads, "notes": notes, "llama_bench": benches[str(gguf)], **paired,
+            "task": answer, **vram}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -151,6 +162,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--task", help=argparse.SUPPRESS)  # the child process of run_task
     parser.add_argument("--stamp", type=Path)
     parser.add_argument("--gguf", type=Path)
+    parser.add_argument("--reference-gguf", type=Path, nargs="?",
+                        help="measure this file (the reference) in the same llama-bench run, just before --gguf")
     parser.add_argument("--tier-json")
     parser.add_argument("--settings-json")
     parser.add_argument("--verify", type=Path, action="append", default=[], help="check this file against its .sha256 first")
@@ -162,7 +175,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     for path in ns.verify:
         verify(path)
-    result = measure(ns.stamp, ns.gguf, json.loads(ns.tier_json), json.loads(ns.settings_json), ns.log)
+    result = measure(ns.stamp, ns.gguf, json.loads(ns.tier_json), json.loads(ns.settings_json), ns.log,
+                     ns.reference_gguf)
     atomic_write_text(ns.out, json.dumps(result, indent=2) + "\n")
 
 
