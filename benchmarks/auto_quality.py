@@ -82,6 +82,10 @@ def fallback_table(report: dict) -> None:
           "| KLD measured / fixed |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for of in AUTOS.values():
+        if f"{of}-measured" in report["skipped"].get(of, []):  # its planned types were the failed build's
+            print(f"| {of} | {of}-measured | skipped: its tensor types planned by llama-quantize --dry-run are "
+                  f"{of}'s own | | | | | | | |")
+            continue
         failed, fixed, measured = quants[of], quants[f"{of}_fixed"], quants[f"{of}-measured"]
         pair = paired(fixed, measured)["kld"]
         for name, r in ((of, failed), (f"{of}_fixed", fixed), (f"{of}-measured", measured)):
