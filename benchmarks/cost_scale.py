@@ -7,7 +7,7 @@
 count changed: FFN 4 × hidden, one head per 64 columns, a quarter as many KV heads, the tests'
 512-piece vocabulary) and runs the whole workflow on it (the default target: package included)
 with the same settings for every size: Q8_0, Q4_K_M and IQ4_XS, imatrix and evaluation on 4 × 512
-tokens, one CPU tier of every core, gates opened and no fallback (the weights are random: their
+tokens, one CPU tier of every core, gates opened, no fallback and no sanity margin (the weights are random: their
 quality figures decide nothing, and every build must be made and measured). A model already run is
 kept; each run's log is ``<work>/<size>/snakemake.log``.
 
@@ -37,7 +37,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from benchmarks.gpu_measure import (SHAPE_8B, VOCAB_8B, cell, corpus, llama_tensor_shapes, make_model_1b,
-                                    make_sparse_checkpoint)
+                                    make_sparse_checkpoint, unjudged)
 from tests.tiny_model import make_tiny_mixtral
 from workflow_scripts.gguf_header import read_gguf_header
 
@@ -57,13 +57,10 @@ OUTPUTS = {"convert": ("reference",), "quantize": ("quant",), "imatrix": ("imatr
 
 
 def config(model: str, model_dir: Path, threads: int) -> dict:
-    opened = {"max_delta_ppl_pct": 10000, "max_mean_kld": 100, "min_same_top_pct": 0, "min_size_reduction_pct": 0,
-              "min_tg_speedup": 0}
     return {
+        **unjudged(QUANTS),
         "models": [{"name": model, "source": {"type": "local", "path": str(model_dir)}}],
         "quants": QUANTS,
-        "gates": {"default": opened, "per_quant": dict.fromkeys(QUANTS, opened)},
-        "fallback": {"remedies": []},
         "calibration": {"chunks": 4, "ctx": 512},
         "evaluation": {"chunks": 4, "ctx": 512},
         "tiers": [{"name": f"cpu-{threads}t", "threads": threads, "ram_gb": 16, "ctx": 2048, "latency_budget_s": 600}],
