@@ -53,9 +53,11 @@ rule sensitivity:
         runtime=240,
     params:
         verify=verify_options("gguf", "imatrix"),
+        menu=lambda wildcards: " ".join(MODELS[wildcards.model].auto_menu),
     shell:
         "python -m workflow_scripts.sensitivity measure --stamp {input.stamp} --reference {input.gguf}"
-        " --imatrix {input.imatrix} --type {wildcards.menu_type} --threads {threads} {params.verify}"
+        " --imatrix {input.imatrix} --type {wildcards.menu_type} --menu {params.menu} --threads {threads}"
+        " {params.verify}"
         " --log {log} --out {output}"
 
 

@@ -16,7 +16,8 @@ import pytest
 from tests.workflow_run import CALIBRATION, ROOT
 from workflow_scripts.checksums import write_sidecar
 from workflow_scripts.errors import UserError
-from workflow_scripts.sensitivity import menu_ftype, probe_plan, tensor_options, tensor_type_lines, weighted_errors
+from workflow_scripts.sensitivity import (complete_records, menu_ftype, probe_plan, tensor_options, tensor_type_lines,
+                                         weighted_errors)
 
 MENU = ("Q8_0", "Q4_K", "Q3_K")
 
@@ -145,6 +146,21 @@ def test_records_of_different_tensors_are_refused():
         tensor_options({Path("Q8_0.json"): one, Path("Q4_0.json"): other})
 
 
+def test_borrowed_entries_come_from_the_fallback_types_record():
+    """A record's borrowed tensors take the entry of the record of their fallback type; one that
+    record lacks (not quantized at that type) stays out; without that record: a clear error."""
+    q5 = {"menu_type": "Q5_0", "tensors": {"a.weight": {"type": "Q5_0", "n_bytes": 22, "wse": 0.3}}}
+    q4 = {"menu_type": "Q4_K", "tensors": {"b.weight": {"type": "Q4_K", "n_bytes": 18, "wse": 0.7}},
+          "borrowed": {"a.weight": "Q5_0", "pos.weight": "Q5_0"}}
+    done = complete_records({"Q5_0.json": q5, "Q4_K.json": q4})
+    assert done["Q4_K.json"]["tensors"] == {"b.weight": {"type": "Q4_K", "n_bytes": 18, "wse": 0.7},
+                                            "a.weight": {"type": "Q5_0", "n_bytes": 22, "wse": 0.3}}
+    assert done["Q5_0.json"] is q5 and "a.weight" not in q4["tensors"]  # the records read are left as they were
+    with pytest.raises(UserError, match=r"Q4_K.json: tensor a.weight is borrowed from the record of Q5_0, which is "
+                                        r"not among the sensitivity records \(Q4_K\)"):
+        complete_records({"Q4_K.json": q4})
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory, smollm2_gguf, toolchain_bin, toolchain_stamp):
     """The demo model's F16 reference, a 2-chunk imatrix and calibration logits (2 × 128 tokens),
@@ -218,6 +234,35 @@ def test_records_rank_types_and_give_actual_types_and_bytes(demo, q4_quant):
     assert left == ["Q3_K.json", "Q4_K.json", "Q8_0.json"]  # no temporary quant, no sidecar
     record = json.loads(demo["records"]["Q4_K"].read_text())
     assert (record["menu_type"], record["ftype"], record["reference"]) == ("Q4_K", "Q4_K_S", "F16.gguf")
+
+
+@pytest.mark.toolchain
+@pytest.mark.real_model
+def test_tensors_that_fall_back_to_a_menu_type_are_borrowed_not_quantized_again(demo, tmp_path):
+    """With Q5_0 on the menu, the Q4_K record quantizes only the 30 ffn_down tensors (1536 wide) and
+    borrows the 181 576-wide ones, which Q4_K gives Q5_0, from Q5_0's record: once completed it
+    holds the entries of the Q4_K record measured without the menu (same types, bytes and errors),
+    and llama-quantize kept the borrowed tensors in F16 (its log names the overrides)."""
+    menu = [*MENU, "Q5_0"]
+    records = {}
+    for menu_type in ("Q5_0", "Q4_K"):
+        out = tmp_path / f"{menu_type}.json"
+        subprocess.run([sys.executable, "-m", "workflow_scripts.sensitivity", "measure", "--stamp", str(demo["stamp"]),
+                        "--reference", str(demo["reference"]), "--imatrix", str(demo["imatrix"]), "--type", menu_type,
+                        "--menu", *menu, "--threads", "2", "--log", str(tmp_path / f"{menu_type}.log"), "--out", str(out)],
+                       check=True, cwd=ROOT)
+        records[menu_type] = json.loads(out.read_text())
+    q4 = records["Q4_K"]
+    assert len(q4["tensors"]) == 30 and all(t["type"] == "Q4_K" for t in q4["tensors"].values())
+    assert len(q4["borrowed"]) == 181 and set(q4["borrowed"].values()) == {"Q5_0"} and records["Q5_0"]["borrowed"] == {}
+    assert (tmp_path / "Q4_K.log").read_text().count("applying manual override: q4_K -> f16") == 181
+    whole = complete_records(records)["Q4_K"]["tensors"]
+    alone = _tensors(demo["records"]["Q4_K"])
+    assert whole.keys() == alone.keys()
+    for name, entry in alone.items():
+        assert (whole[name]["type"], whole[name]["n_bytes"]) == (entry["type"], entry["n_bytes"]), name
+        assert whole[name]["wse"] == pytest.approx(entry["wse"], rel=1e-9), name
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix != ".log") == ["Q4_K.json", "Q5_0.json"]
 
 
 @pytest.mark.toolchain

@@ -50,7 +50,7 @@ from workflow_scripts.atomic import atomic_write_text
 from workflow_scripts.errors import UserError, run_cli
 from workflow_scripts.quant_types import bits_per_weight
 from workflow_scripts.remedy_plan import previous_types
-from workflow_scripts.sensitivity import tensor_options, tensor_type_lines
+from workflow_scripts.sensitivity import complete_records, tensor_options, tensor_type_lines
 from workflow_scripts.tensor_error import role
 
 # A group whose rise cannot be told from noise gets this fraction of the smallest measured alpha.
@@ -450,7 +450,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--tensor-types", type=Path, required=True)
     ns = parser.parse_args(argv)
-    named = {str(path): _load_json(path) for path in ns.sensitivity}
+    named = complete_records({str(path): _load_json(path) for path in ns.sensitivity})
     probes = _load_json(ns.probes)
     reference = read_gguf_header(ns.reference)
     check_inputs(named, str(ns.probes), probes, str(ns.reference),

@@ -6,7 +6,12 @@ first file type named after it: Q4_K → Q4_K_S), to a temporary file beside the
 every quantizable tensor gets that type, except where its row length is not a multiple of the
 type's block: llama-quantize's tensor_type_fallback then gives a 32-value-block type (Q4_K → Q5_0
 on 576-wide rows), so each tensor's ACTUAL type is read from the file and recorded with its exact
-bytes. For every tensor stored in another type than the reference's, quant and reference are read
+bytes. A tensor whose rows the menu type's block does not divide, where that fallback type is itself
+on the menu, is kept in the reference's type (a --tensor-type-file override) and recorded as
+``borrowed``: the fallback type's own record measures it (the same quantization with the same imatrix),
+and ``complete_records`` copies that entry in when the records are read (IQ4_XS beside IQ4_NL on
+Gemma-3's 262,144 × 640 embedding: 26 s of llama-quantize saved). For every tensor stored in another
+type than the reference's, quant and reference are read
 a block of rows at a time (workflow_scripts/tensor_error.py's walk: memory is one block) and
 
     wse = sum over rows i and columns j of  v_j * (q_ij - r_ij)^2
@@ -45,7 +50,7 @@ from workflow_scripts.errors import UserError, run_cli
 from workflow_scripts.gguf_census import read_tensor_types, tensor_pattern_problem
 from workflow_scripts.gguf_header import GGUFHeader, TensorEntry, read_gguf_header
 from workflow_scripts.imatrix import read_counts
-from workflow_scripts.quant_types import BASE_TYPE, ROW_FALLBACK
+from workflow_scripts.quant_types import BASE_TYPE, ROW_FALLBACK, block_size
 from workflow_scripts.tensor_error import dequantized_blocks, quantized_tensors, role
 from workflow_scripts.tool_step import run_tool
 from workflow_scripts.validate import measure_quant
@@ -136,32 +141,84 @@ def check_fallbacks(tensors: dict[str, dict], menu_type: str, made: str) -> None
                         "llama-quantize --pure to give every quantized tensor the menu type")
 
 
+def borrowed_tensors(reference: GGUFHeader, menu_type: str, menu: list[str]) -> dict[str, str]:
+    """{tensor: fallback type} for each F16/BF16 matrix of ``reference`` whose row length
+    ``menu_type``'s block does not divide (so llama-quantize would give it ROW_FALLBACK's type) and
+    that type's block does, where that type is itself on ``menu``: its own record measures it."""
+    fallback = ROW_FALLBACK.get(menu_type)
+    if fallback is None or fallback not in menu:
+        return {}
+    return {tensor.name: fallback for tensor in reference.tensors.values()
+            if len(tensor.shape) >= 2 and tensor.type.name in ("F16", "BF16")
+            and tensor.shape[0] % block_size(menu_type) and not tensor.shape[0] % block_size(fallback)}
+
+
+def complete_records(records: dict[Any, dict]) -> dict[Any, dict]:
+    """The records with each ``borrowed`` tensor's entry copied from the record of its fallback type
+    (a tensor absent there was not quantized at that type either, so at none). UserError when that
+    record is not among ``records``. A record without ``menu_type`` or ``tensors`` is left as it is,
+    for the caller's checks to name."""
+    by_type = {r["menu_type"]: r for r in records.values() if isinstance(r, dict) and "menu_type" in r}
+    complete = {}
+    for key, record in records.items():
+        borrowed = record.get("borrowed", {}) if isinstance(record, dict) else {}
+        if not borrowed or not isinstance(record.get("tensors"), dict):
+            complete[key] = record
+            continue
+        tensors = dict(record["tensors"])
+        for name, fallback in borrowed.items():
+            lender = by_type.get(fallback)
+            if lender is None or not isinstance(lender.get("tensors"), dict):
+                raise UserError(f"{key}: tensor {name} is borrowed from the record of {fallback}, which is not among "
+                                f"the sensitivity records ({', '.join(sorted(by_type))}); expected the records of the "
+                                "whole menu")
+            if name in lender["tensors"]:
+                tensors[name] = lender["tensors"][name]
+        complete[key] = {**record, "tensors": tensors}
+    return complete
+
+
 def measure(stamp: Path, reference: Path, imatrix: Path, menu_type: str, threads: int, out: Path, log: Path,
-            verify_paths: list[Path]) -> dict[str, Any]:
+            verify_paths: list[Path], menu: list[str] | None = None) -> dict[str, Any]:
     """Quantize ``reference`` to ``menu_type`` (--pure, with the imatrix) beside ``out``, record each
-    quantized tensor's actual type, bytes and weighted error in ``out``; the quant is deleted."""
+    quantized tensor's actual type, bytes and weighted error in ``out``; the quant is deleted. The
+    tensors ``borrowed_tensors`` names for ``menu`` stay in the reference's type and are recorded as
+    borrowed."""
     ftype = menu_ftype(menu_type)
     tmp = out.with_name(out.name + ".tmp.gguf")
+    keep = out.with_name(out.name + ".borrowed.txt")
+    ref_header = read_gguf_header(reference)
+    borrowed = borrowed_tensors(ref_header, menu_type, menu or [])
     started = time.monotonic()
     log.unlink(missing_ok=True)
     try:
-        run_tool(stamp, "llama-quantize", ["--pure", "--imatrix", str(imatrix), str(reference), "{out}", ftype,
-                                           str(threads)], tmp, log, verify_paths)
+        overrides = []
+        if borrowed:
+            atomic_write_text(keep, tensor_type_lines({name: ref_header.tensors[name].type.name for name in borrowed}))
+            overrides = ["--tensor-type-file", str(keep)]
+        run_tool(stamp, "llama-quantize", ["--pure", "--imatrix", str(imatrix), *overrides, str(reference), "{out}",
+                                           ftype, str(threads)], tmp, log, verify_paths)
         tensors = weighted_errors(tmp, reference, imatrix)
     finally:
         tmp.unlink(missing_ok=True)
         sidecar_path(tmp).unlink(missing_ok=True)
+        keep.unlink(missing_ok=True)
     made = f"llama-quantize --pure of {reference} to {ftype}"
-    if not tensors:
+    kept = sorted(set(borrowed) & set(tensors))
+    if kept:
+        raise UserError(f"{made}: {len(kept)} tensors kept in the reference's type by the tensor-type file were "
+                        f"quantized ({', '.join(kept[:5])}); expected llama-quantize to apply every override")
+    if not tensors and not borrowed:
         raise UserError(f"{made}: no tensor changed type; expected a reference of F16/BF16 matrices and a quantized "
                         "menu type")
     check_fallbacks(tensors, menu_type, made)
     record = {"menu_type": menu_type, "ftype": ftype, "reference": reference.name, "imatrix": imatrix.name,
-              "seconds": round(time.monotonic() - started, 3), "tensors": tensors}
+              "seconds": round(time.monotonic() - started, 3), "tensors": tensors, "borrowed": borrowed}
     atomic_write_text(out, json.dumps(record, indent=2) + "\n")
     with open(log, "a") as handle:
         fell_back = sum(t["type"] != menu_type for t in tensors.values())
-        handle.write(f"{out}: {len(tensors)} tensors measured at {menu_type} ({fell_back} fell back to another type) "
+        handle.write(f"{out}: {len(tensors)} tensors measured at {menu_type} ({fell_back} fell back to another type), "
+                     f"{len(borrowed)} borrowed from the record of {ROW_FALLBACK.get(menu_type)} "
                      f"in {record['seconds']} s\n")
     return record
 
@@ -281,6 +338,8 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     meas = sub.add_parser("measure", help="weighted error of every tensor at one menu tensor type")
     meas.add_argument("--type", required=True, help="the menu tensor type (Q4_K, Q8_0, IQ4_XS, ...)")
+    meas.add_argument("--menu", nargs="*", default=[],
+                      help="the whole menu: tensors that fall back to another menu type are borrowed from its record")
     prob = sub.add_parser("probe", help="KLD of the base mixture and of each group lowered, on the calibration text")
     prob.add_argument("--sensitivity", type=Path, action="append", required=True,
                       help="a measure record (one per menu type; repeat)")
@@ -297,9 +356,9 @@ def main(argv: list[str] | None = None) -> None:
         command.add_argument("--out", type=Path, required=True)
     ns = parser.parse_args(argv)
     if ns.command == "measure":
-        measure(ns.stamp, ns.reference, ns.imatrix, ns.type, ns.threads, ns.out, ns.log, ns.verify)
+        measure(ns.stamp, ns.reference, ns.imatrix, ns.type, ns.threads, ns.out, ns.log, ns.verify, ns.menu)
     else:
-        records = {path: json.loads(path.read_text()) for path in ns.sensitivity}
+        records = complete_records({path: json.loads(path.read_text()) for path in ns.sensitivity})
         probe(ns.stamp, ns.reference, ns.imatrix, records, ns.logits, ns.threads, ns.out, ns.log, ns.verify,
               ns.gpu_layers)
 
