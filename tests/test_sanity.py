@@ -167,3 +167,23 @@ def test_gpu_layers_on_a_cpu_toolchain_generate_the_same_text(tiny_run, tmp_path
     again = _sanity_run(stamp, model / "reference" / "tiny-F16.gguf", settings, tmp_path / "reference.sanity.json",
                         None, "--gpu-layers", "999")
     assert [out["tokens"] for out in again["outputs"]] == [out["tokens"] for out in today["outputs"]]
+
+
+def test_random_weight_benchmark_runs_ship_a_chance_loop_but_not_an_empty_output(tmp_path):
+    """The benchmarks' config for random weights (gpu_measure.unjudged, used by the 8B/MoE runs and
+    cost_scale) is one the schema accepts, and under its sanity settings the random Mixtral's
+    Q4_K_M on the H200 (repetition 0.93 where the reference had 0.28) passes, while an empty
+    output still fails."""
+    from benchmarks.gpu_measure import workflow_config
+    from workflow_scripts.config import fill_defaults, load_schema, schema_error_message
+
+    config = workflow_config("cuda", tmp_path, "moe")
+    assert schema_error_message(config, load_schema(), "gpu_measure") is None
+    fill_defaults(config)
+    limit, margin = config["sanity"]["max_repetition"], config["sanity"]["repetition_margin"]
+    reference = _out(_looping(1, 20))
+    assert (repetition_rate(reference["tokens"]), repetition_rate(_looping(0, 2))) == (8 / 29, 27 / 29)  # 0.28, 0.93
+    assert check([_out(_looping(0, 2))], [reference], LIMIT, MARGIN)["passed"] is False  # the default withholds it
+    assert check([_out(_looping(0, 2))], [reference], limit, margin)["passed"] is True
+    assert check([_out([])], [reference], limit, margin)["problems"] == [
+        "empty output for prompt 1 (the reference wrote 32 tokens)"]
