@@ -6,13 +6,13 @@ first file type named after it: Q4_K → Q4_K_S), to a temporary file beside the
 every quantizable tensor gets that type, except where its row length is not a multiple of the
 type's block: llama-quantize's tensor_type_fallback then gives a 32-value-block type (Q4_K → Q5_0
 on 576-wide rows), so each tensor's ACTUAL type is read from the file and recorded with its exact
-bytes. A tensor whose rows the menu type's block does not divide, where that fallback type is itself
-on the menu, is kept in the reference's type (a --tensor-type-file override) and recorded as
-``borrowed``: the fallback type's own record measures it (the same quantization with the same imatrix),
-and ``complete_records`` copies that entry in when the records are read (IQ4_XS beside IQ4_NL on
-Gemma-3's 262,144 × 640 embedding: 26 s of llama-quantize saved). For every tensor stored in another
-type than the reference's, quant and reference are read
-a block of rows at a time (workflow_scripts/tensor_error.py's walk: memory is one block) and
+bytes. A tensor whose rows the menu type's block does not divide, where that fallback type is
+itself on the menu, is kept in the reference's type (a --tensor-type-file override) and recorded as
+``borrowed``: the fallback type's own record measures it (the same quantization with the same
+imatrix), and ``complete_records`` copies that entry in when the records are read (IQ4_XS beside
+IQ4_NL on Gemma-3's 262,144 × 640 embedding: 26 s of llama-quantize saved). For every tensor stored
+in another type than the reference's, quant and reference are read a block of rows at a time
+(workflow_scripts/tensor_error.py's walk: memory is one block) and
 
     wse = sum over rows i and columns j of  v_j * (q_ij - r_ij)^2
 
